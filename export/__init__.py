@@ -1,0 +1,1 @@
+"""segflow.export: checkpoint -> ONNX graphs (encoder + field) with the model card, parity-checked."""

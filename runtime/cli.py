@@ -1,0 +1,76 @@
+"""The ``runtime`` command: one entry point, one module per subcommand under ``runtime/commands/``.
+
+Each command module defines ``HELP`` (one line), ``add_arguments(parser)`` and ``run(args) -> int``. Modules are
+imported only when their subcommand is chosen (or for ``--help``), so ``runtime info`` never pays for what
+``runtime batch`` imports. Errors the user can fix (:class:`segflow.errors.SegflowError`) print one sentence
+to stderr and exit with status 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+
+from segflow import __version__
+from segflow.errors import SegflowError
+
+# subcommand name -> module under segflow.runtime.commands
+COMMANDS = {
+    "segment": "segment",
+    "info": "info",
+    "build": "build",
+    "batch": "batch",
+    "solve": "solve",
+    "evaluate": "evaluate",
+}
+
+DESCRIPTION = """\
+segflow runtime: run exported FlowSDF/SSB models on images and slides (numpy + onnxruntime; TensorRT/CuPy
+when present). Start with:
+
+  runtime segment --engine models/flowsdf-lite-monuseg.onnx examples/he_crop.png --out results/
+  runtime info --engine models/flowsdf-lite-monuseg.onnx
+"""
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """Build the argument parser with every subcommand whose module imports."""
+    parser = argparse.ArgumentParser(
+        prog="runtime", description=DESCRIPTION, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--version", action="version", version=f"segflow {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    for name, modname in COMMANDS.items():
+        try:
+            mod = importlib.import_module(f"segflow.runtime.commands.{modname}")
+        except ModuleNotFoundError as exc:
+            if exc.name == f"segflow.runtime.commands.{modname}":
+                continue  # command not built yet
+            raise
+        p = sub.add_parser(name, help=mod.HELP, description=getattr(mod, "DESCRIPTION", mod.HELP),
+                           formatter_class=argparse.RawDescriptionHelpFormatter)
+        mod.add_arguments(p)
+        p.set_defaults(_run=mod.run)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of the ``runtime`` console script."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not getattr(args, "_run", None):
+        parser.print_help()
+        return 2
+    try:
+        return int(args._run(args) or 0)
+    except SegflowError as exc:
+        print(f"runtime {args.command}: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"runtime {args.command}: interrupted; no partial outputs were kept.", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

@@ -1,0 +1,1 @@
+"""Subcommands of the ``runtime`` CLI, one module each (see ``segflow.runtime.cli``)."""

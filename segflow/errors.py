@@ -1,0 +1,55 @@
+"""One exception family for everything segflow raises at its boundaries.
+
+Pure functions raise ``ValueError``/``TypeError``; code that touches files, models or backends raises a
+:class:`SegflowError` subclass whose message is one sentence naming the file and the fix. The command-line
+tools catch :class:`SegflowError`, print the message and exit with status 2.
+"""
+
+from __future__ import annotations
+
+
+class SegflowError(Exception):
+    """Base class: an error a user can fix (bad file, bad model, missing dependency)."""
+
+
+class InputError(SegflowError):
+    """An input image, mask, slide or folder cannot be used."""
+
+
+class ModelCardError(SegflowError):
+    """A model (ONNX graph, plan or checkpoint) is missing, of the wrong kind, or its card is invalid."""
+
+
+class BackendError(SegflowError):
+    """An inference backend cannot be created or run (missing provider, GPU, library)."""
+
+
+class SolverTimeout(SegflowError):
+    """An integer program exceeded its time limit and no fallback was allowed."""
+
+
+class MissingDependency(SegflowError):
+    """An optional dependency is not installed; the message says which extra installs it."""
+
+
+def require(module: str, extra: str, purpose: str):
+    """Import an optional module lazily or raise :class:`MissingDependency` with the install command.
+
+    Parameters
+    ----------
+    module : str
+        Dotted module name, e.g. ``"cupy"``.
+    extra : str
+        The pip extra or package that provides it, e.g. ``"segflow[gpu]"``.
+    purpose : str
+        What it is needed for, used in the message.
+    """
+    import importlib
+
+    try:
+        return importlib.import_module(module)
+    except ImportError as exc:  # pragma: no cover - message path tested via a fake module name
+        raise MissingDependency(
+            f"{purpose} needs the Python module '{module}', which is not installed: "
+            f"run `pip install {extra}`."
+        ) from exc

@@ -1,0 +1,125 @@
+"""Reading images and writing results atomically (a failed run never leaves a partial file)."""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from numpy.typing import NDArray
+
+from segflow.errors import InputError
+
+IMAGE_SUFFIXES = (".tif", ".tiff", ".png", ".jpg", ".jpeg", ".bmp")
+
+
+def read_image(path: str | Path) -> NDArray:
+    """Read a 2-D grayscale or colour image (TIFF, PNG, JPEG, BMP) as (H, W) or (H, W, C), RGB order.
+
+    Raises
+    ------
+    InputError
+        If the file is missing, unreadable, truncated, or not a 2-D image.
+    """
+    p = Path(path)
+    if not p.is_file():
+        raise InputError(f"image {p} does not exist: check the path.")
+    suffix = p.suffix.lower()
+    if suffix in (".tif", ".tiff"):
+        import tifffile
+
+        try:
+            img = tifffile.imread(p)
+        except Exception as exc:  # noqa: BLE001 - tifffile raises many types for broken files
+            raise InputError(f"image {p} is not a readable TIFF ({exc}): re-save or re-copy the file.") from exc
+        img = np.asarray(img)
+        # (C, H, W) with few channels -> (H, W, C)
+        if img.ndim == 3 and img.shape[0] in (1, 3, 4) and img.shape[2] not in (1, 3, 4):
+            img = np.moveaxis(img, 0, -1)
+    elif suffix in IMAGE_SUFFIXES:
+        import cv2
+
+        img = cv2.imread(str(p), cv2.IMREAD_UNCHANGED)
+        if img is None:
+            raise InputError(f"image {p} is unreadable or truncated: re-save or re-copy the file.")
+        if img.ndim == 3:
+            img = cv2.cvtColor(img, cv2.COLOR_BGRA2RGBA if img.shape[2] == 4 else cv2.COLOR_BGR2RGB)
+    else:
+        raise InputError(f"image {p} has an unsupported suffix {p.suffix!r}: use one of {IMAGE_SUFFIXES}.")
+    if img.ndim == 3 and img.shape[2] == 1:
+        img = img[..., 0]
+    if img.ndim not in (2, 3) or min(img.shape[:2]) < 1:
+        raise InputError(f"image {p} has shape {img.shape}: expected a 2-D grayscale or colour image.")
+    if img.dtype.kind not in "uif" and img.dtype != bool:
+        raise InputError(f"image {p} has unsupported dtype {img.dtype}: use 8-bit, 16-bit or float images.")
+    return img
+
+
+def list_images(inputs: list[str | Path]) -> list[Path]:
+    """Expand files and folders into a sorted list of image files."""
+    out: list[Path] = []
+    for item in inputs:
+        p = Path(item)
+        if p.is_dir():
+            found = sorted(q for q in p.iterdir() if q.suffix.lower() in IMAGE_SUFFIXES and q.is_file())
+            if not found:
+                raise InputError(f"folder {p} holds no images: add {', '.join(IMAGE_SUFFIXES)} files.")
+            out.extend(found)
+        elif p.exists():
+            out.append(p)
+        else:
+            raise InputError(f"input {p} does not exist: check the path.")
+    return out
+
+
+@contextmanager
+def atomic_path(path: str | Path) -> Iterator[Path]:
+    """Yield a temporary path beside ``path``; rename it onto ``path`` only if the block succeeds."""
+    p = Path(path)
+    p.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{p.name}.", suffix=".part", dir=p.parent)
+    os.close(fd)
+    tmp_path = Path(tmp)
+    try:
+        yield tmp_path
+        os.replace(tmp_path, p)
+    finally:
+        if tmp_path.exists():
+            tmp_path.unlink()
+
+
+def write_tiff(path: str | Path, array: NDArray, **kwargs: Any) -> None:
+    """Write a TIFF atomically (compression zlib by default)."""
+    import tifffile
+
+    kwargs.setdefault("compression", "zlib")
+    with atomic_path(path) as tmp:
+        tifffile.imwrite(tmp, array, **kwargs)
+
+
+def write_json(path: str | Path, data: Any) -> None:
+    """Write JSON atomically (indent 2)."""
+    with atomic_path(path) as tmp:
+        tmp.write_text(json.dumps(data, indent=2, default=_json_default) + "\n")
+
+
+def _json_default(o: Any) -> Any:
+    if isinstance(o, np.integer):
+        return int(o)
+    if isinstance(o, np.floating):
+        return float(o)
+    if isinstance(o, np.ndarray):
+        return o.tolist()
+    if isinstance(o, Path):
+        return str(o)
+    raise TypeError(f"cannot serialise {type(o).__name__}")
+
+
+def label_dtype(n_labels: int) -> np.dtype:
+    """uint16 when the labels fit, else uint32."""
+    return np.dtype(np.uint16) if n_labels < 65535 else np.dtype(np.uint32)

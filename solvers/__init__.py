@@ -1,0 +1,1 @@
+"""segflow.solvers: instance segmentation from probability/SDF maps (H-EMD, baselines) and metrics."""
