@@ -202,10 +202,11 @@ class FlowSDFSampler:
         stats.encoder_tiles += len(images)
         return feats
 
-    def sample(self, images: NDArray[np.float32], indices: list[int], stats: SamplerStats | None = None
-               ) -> NDArray[np.float32]:
+    def sample(self, images: NDArray[np.float32], indices: list[int], stats: SamplerStats | None = None, *,
+               seed: int | None = None) -> NDArray[np.float32]:
         """Samples (n, K, T, T) for tiles ``images`` (n, C, T, T) with plan indices ``indices``."""
         s = self.settings
+        seed = s.seed if seed is None else int(seed)
         stats = stats if stats is not None else SamplerStats()
         feats = self.encode(images, stats)
         n, size = images.shape[0], images.shape[-1]
@@ -217,7 +218,7 @@ class FlowSDFSampler:
             f = BoundField(self.field, np.ascontiguousarray(feats[rows]))
 
             def noise(it: int, chunk=chunk) -> NDArray[np.float32]:
-                return np.stack([tile_noise(s.seed, indices[i], k, (1, size, size), iteration=it) for i, k in chunk])
+                return np.stack([tile_noise(seed, indices[i], k, (1, size, size), iteration=it) for i, k in chunk])
 
             t0 = time.perf_counter()
             x1 = flowsdf_sample(f, noise(0), steps=s.steps, method=s.method, noise_iterations=s.noise_iterations,
@@ -248,9 +249,10 @@ class BridgeSampler(FlowSDFSampler):
 
         self.bridge, self.card, self.guidance, self.label, self.ode = bridge, card, guidance, label, ode
 
-    def sample(self, images: NDArray[np.float32], indices: list[int], stats: SamplerStats | None = None
-               ) -> NDArray[np.float32]:
+    def sample(self, images: NDArray[np.float32], indices: list[int], stats: SamplerStats | None = None, *,
+               seed: int | None = None) -> NDArray[np.float32]:
         s = self.settings
+        seed = s.seed if seed is None else int(seed)
         stats = stats if stats is not None else SamplerStats()
         feats = self.encode(images, stats)
         n, size = images.shape[0], images.shape[-1]
@@ -259,7 +261,7 @@ class BridgeSampler(FlowSDFSampler):
         for lo in range(0, len(pairs), s.batch):
             chunk = pairs[lo:lo + s.batch]
             rows = [i for i, _ in chunk]
-            rng = np.random.default_rng([s.seed, *[indices[i] * s.samples + k for i, k in chunk]])
+            rng = np.random.default_rng([seed, *[indices[i] * s.samples + k for i, k in chunk]])
             f = BoundField(self.field, np.ascontiguousarray(feats[rows]))
             t0 = time.perf_counter()
             x1 = self.bridge.x1_from_image(np.ascontiguousarray(images[rows]), self.card, rng=rng, xp=np)

@@ -1,0 +1,61 @@
+"""``runtime info``: print an engine's model card and its graphs' inputs and outputs."""
+
+from __future__ import annotations
+
+import argparse
+import json
+
+from segflow.card import load_card, resolve_engine
+from segflow.runtime.backends import open_backend
+from segflow.runtime.sampling import flowsdf_nfe
+
+HELP = "print a model's card and the inputs/outputs of its field and encoder graphs"
+DESCRIPTION = """\
+Print what an engine is: its model card (kind, tile, channels, normalisation, SDF delta, threshold, training
+data, licence, provenance) and the inputs and outputs of both graphs (? = dynamic dimension).
+
+example:
+  runtime info --engine models/flowsdf-lite-monuseg.onnx
+"""
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    """Flags of ``runtime info``."""
+    p.add_argument("--engine", required=True, help="exported model (.onnx or .plan)")
+    p.add_argument("--json", action="store_true", help="print one JSON object instead of text")
+
+
+def _graphs(engine) -> dict[str, dict]:
+    kind, opts = ("onnxrt", {"device": "cpu", "threads": 1}) if engine.format == "onnx" else ("tensorrt", {})
+    out = {}
+    for role, path in (("field", engine.field), ("encoder", engine.encoder)):
+        with open_backend(path, kind, **opts) as b:
+            out[role] = {"path": str(path), "bytes": path.stat().st_size,
+                         "inputs": [m.describe() for m in b.input_metadata().values()],
+                         "outputs": [m.describe() for m in b.output_metadata().values()]}
+    return out
+
+
+def run(args: argparse.Namespace) -> int:
+    """Print the card and graph signatures; exit 2 with one sentence if the engine is unusable."""
+    engine = resolve_engine(args.engine)
+    card = load_card(engine)
+    graphs = _graphs(engine)
+    if args.json:
+        print(json.dumps({"card": card.to_dict(), "graphs": graphs, "format": engine.format}, indent=2))
+        return 0
+    s = card.sampling
+    print(f"engine   {engine.field} ({engine.format})")
+    print(f"kind     {card.kind}  preset {card.preset}  tile {card.tile}  channels {card.in_channels}  "
+          f"features {card.feature_channels}")
+    if card.kind == "flowsdf":
+        print(f"defaults samples {s.get('samples')}  steps {s.get('steps')}  method {s.get('method')}  "
+              f"(NFE {flowsdf_nfe(s.get('method', 'euler'), int(s.get('steps', 4)))} per sample)")
+    print("card:")
+    print("  " + json.dumps(card.to_dict(), indent=2, sort_keys=True).replace("\n", "\n  "))
+    for role, g in graphs.items():
+        print(f"{role} graph {g['path']} ({g['bytes'] / 1e6:.2f} MB)")
+        for name in ("inputs", "outputs"):
+            for d in g[name]:
+                print(f"  {name[:-1]:7s} {d}")
+    return 0

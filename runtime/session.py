@@ -1,0 +1,332 @@
+"""The Python API: a :class:`Segmenter` session (load once, call per image) returning a :class:`Segmentation`.
+
+Example
+-------
+>>> from segflow.runtime.session import Segmenter            # doctest: +SKIP
+>>> with Segmenter("models/flowsdf-lite-monuseg.onnx", samples=4, steps=4) as seg:  # doctest: +SKIP
+...     result = seg(image)                                   # (H, W[, C]) uint8/uint16/float array
+...     result.labels, result.mean_sdf, result.std, result.prob
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from numpy.typing import NDArray
+
+from segflow.card import ModelCard, load_card, resolve_engine
+from segflow.errors import InputError, ModelCardError, SegflowError
+from segflow.normalize import apply_norm, as_channels, dtype_scale, norm_stats
+from segflow.runtime import instances as _instances
+from segflow.runtime.backends import open_backend
+from segflow.runtime.blend import BLENDS, Blender
+from segflow.runtime.sampling import (BridgeSampler, FlowSDFSampler, SamplerStats, SamplingSettings,
+                                      batch_from_budget)
+from segflow.runtime.tiling import Tile, extract_tile, plan_tiles
+
+__all__ = ["Segmenter", "Segmentation", "Cancelled", "iter_tiles", "SAMPLERS"]
+
+SAMPLERS = {"flowsdf": FlowSDFSampler, "ssb": BridgeSampler}
+FIELD_INPUTS = {"flowsdf": {"x", "t", "features"}, "ssb": {"x", "t", "features", "label"}}
+
+
+class Cancelled(SegflowError):
+    """The caller's ``cancel`` callback asked to stop; nothing was returned or written."""
+
+
+@dataclass(frozen=True)
+class Segmentation:
+    """Everything one image's segmentation produced (maps are (H, W) float32 unless stated).
+
+    Attributes
+    ----------
+    labels : ndarray of uint16/uint32
+        Instance labels (0 = background).
+    mean_sdf, std, prob : ndarray
+        Mean of the K sampled SDFs, their per-pixel population standard deviation, and the fraction of samples
+        with ``sdf <= card.threshold`` (foreground probability).
+    mask : ndarray of bool
+        ``mean_sdf <= card.threshold``.
+    sample_sdfs : ndarray, shape (K, H, W)
+        The K blended samples.
+    samples, steps, nfe, noise_iterations, seed : int
+        K, steps per pass, field evaluations per sample trajectory (all passes), T, seed.
+    method, blend, instance_method : str
+    stride : int
+    timings : dict
+        Seconds per stage (normalise, encoder, field, blend, instances, confidence, total) and call counts.
+    backend : dict
+        Backend description (name, providers, threads).
+    card : ModelCard
+    instances : tuple of dict
+        One row per instance: id, area, centroid, bbox, mean_sdf, mean_std and, when available, confidence.
+    """
+
+    labels: NDArray
+    mean_sdf: NDArray[np.float32]
+    std: NDArray[np.float32]
+    prob: NDArray[np.float32]
+    mask: NDArray[np.bool_]
+    sample_sdfs: NDArray[np.float32]
+    samples: int
+    steps: int
+    method: str
+    nfe: int
+    noise_iterations: int
+    seed: int
+    stride: int
+    blend: str
+    instance_method: str
+    timings: dict
+    backend: dict
+    card: ModelCard
+    instances: tuple = field(default_factory=tuple)
+
+    @property
+    def n_instances(self) -> int:
+        """Number of instances in ``labels``."""
+        return len(self.instances)
+
+
+def iter_tiles(image: NDArray, plan: list[Tile]) -> Iterator[tuple[Tile, NDArray]]:
+    """Yield ``(tile, window)`` for an in-memory (H, W, C) image (windows reflect-padded to the tile size)."""
+    for tile in plan:
+        yield tile, extract_tile(image, tile)
+
+
+def _check_dtype(image: NDArray, name: str) -> None:
+    if image.dtype == bool or image.dtype.kind not in "uif":
+        raise InputError(f"{name} has unsupported dtype {image.dtype}: use 8-bit, 16-bit or float images.")
+    dtype_scale(image.dtype)
+    if image.dtype.kind == "f" and not np.isfinite(image).all():
+        raise InputError(f"{name} contains NaN or infinite values: fix or mask them before segmenting.")
+
+
+class Segmenter:
+    """Load an engine once; segment images with ``segmenter(image)``.
+
+    Everything the model needs (kind, tile, channels, normalisation, threshold, sigma_min) comes from its model
+    card; the keyword arguments override sampling choices only.
+
+    Parameters
+    ----------
+    engine : str or Path
+        ``--engine`` path (see :mod:`segflow.card` for how the encoder graph and card are found).
+    backend : {"auto", "cpu", "cuda", "tensorrt"}
+        ``auto`` = by file type (ONNX Runtime for .onnx, CUDA provider when present; TensorRT for .plan).
+    samples, steps, method, stride : optional
+        K, steps per pass, ``euler``/``heun``/``rk4``, tile stride (defaults: the card's ``sampling``; stride
+        = 3/4 of the tile).
+    seed : int
+        Noise seed; the same seed gives the same result whatever the batch size.
+    noise_iterations, renoise_t : int, float
+        FlowSDF noise injection (see :mod:`segflow.runtime.sampling`).
+    blend : str
+        Overlap blending (:data:`segflow.runtime.blend.BLENDS`).
+    instances : {"hemd", "watershed", "threshold"}, optional
+        Instance method (default: ``hemd`` when the solvers provide it, else ``watershed``).
+    threads : int, optional
+        CPU threads of ONNX Runtime (default: physical cores).
+    batch_size : int, optional
+        Samples per field call (default: from ``memory_budget_mb``, see ``batch_from_budget``).
+    guidance, label, ode : SSB engines only (classifier-free guidance weight, annotator label, OT-ODE).
+
+    Thread safety
+    -------------
+    A Segmenter may be called from several threads at once: after construction it holds no mutable state
+    besides its backends, and every call keeps its buffers local. ONNX Runtime sessions run concurrently
+    (their ``run`` is thread-safe); backends that are not thread-safe (TensorRT contexts) are serialised by a
+    lock in :class:`~segflow.runtime.backends.base.Backend`. Concurrent calls share the CPU threads, so they
+    improve throughput only when one call cannot use all cores.
+    """
+
+    def __init__(self, engine: str | Path, *, backend: str = "auto", samples: int | None = None,
+                 steps: int | None = None, method: str | None = None, stride: int | None = None, seed: int = 0,
+                 noise_iterations: int = 0, renoise_t: float = 0.5, blend: str = "gaussian",
+                 instances: str | None = None, threads: int | None = None, batch_size: int | None = None,
+                 memory_budget_mb: float = 1024, guidance: float = 0.0, label: int = 0, ode: bool = False) -> None:
+        self.paths = resolve_engine(engine)
+        self.card = load_card(self.paths)
+        if blend not in BLENDS:
+            raise InputError(f"blend {blend!r} is unknown: choose one of {sorted(BLENDS)}.")
+        self.blend = blend
+        self.instance_method = _instances.check_method(instances)
+        tile = self.card.tile
+        self.stride = int(stride or self.card.sampling.get("stride") or tile * 3 // 4)
+        if not 1 <= self.stride <= tile:
+            raise InputError(f"stride {self.stride} must be between 1 and the model's tile size {tile}.")
+        defaults = self.card.sampling
+        method = method or defaults.get("method", "euler")
+        batch = batch_size or batch_from_budget(tile, self.card.feature_channels, method,
+                                                memory_budget_mb * 2**20)
+        try:
+            self.settings = SamplingSettings(
+                samples=int(samples or defaults.get("samples", 4)), steps=int(steps or defaults.get("steps", 4)),
+                method=method, noise_iterations=int(noise_iterations), renoise_t=float(renoise_t),
+                seed=int(seed), batch=int(batch))
+        except ValueError as exc:
+            raise InputError(f"invalid sampling options for {self.paths.field}: {exc}.") from exc
+        self._field, self._encoder = self._open_backends(backend, threads)
+        self._check_graphs()
+        if self.card.kind == "ssb":
+            self.sampler = BridgeSampler(self._field, self._encoder, self.settings, card=self.card,
+                                         guidance=guidance, label=label, ode=ode)
+            self.nfe = self.settings.steps * (2 if guidance else 1)
+        else:
+            self.sampler = FlowSDFSampler(self._field, self._encoder, self.settings,
+                                          sigma_min=self.card.sigma_min)
+            self.nfe = self.settings.nfe
+
+    # -- set-up ------------------------------------------------------------------------------------------------
+    def _open_backends(self, backend: str, threads: int | None) -> tuple[Any, Any]:
+        if backend not in ("auto", "cpu", "cuda", "tensorrt"):
+            raise InputError(f"backend {backend!r} is unknown: choose auto, cpu, cuda or tensorrt.")
+        if self.paths.format == "plan" or backend == "tensorrt":
+            kind, opts = "tensorrt", {}
+        else:
+            kind, opts = "onnxrt", {"device": "auto" if backend == "auto" else backend, "threads": threads}
+        opened = []
+        try:
+            for path in (self.paths.field, self.paths.encoder):
+                opened.append(open_backend(path, kind, **opts).activate())
+        except BaseException:
+            for b in opened:
+                b.deactivate()
+            raise
+        return opened[0], opened[1]
+
+    def _check_graphs(self) -> None:
+        card, kind = self.card, self.card.kind
+        fin, ein = self._field.input_metadata(), self._encoder.input_metadata()
+        if set(fin) != FIELD_INPUTS[kind]:
+            self.close()
+            raise ModelCardError(
+                f"engine {self.paths.field} has inputs {sorted(fin)} but its card says kind {kind!r} "
+                f"(expects {sorted(FIELD_INPUTS[kind])}): re-export the model with `trainer export`.")
+        if set(ein) != {"image"}:
+            self.close()
+            raise ModelCardError(f"encoder {self.paths.encoder} has inputs {sorted(ein)}, expected ['image']: "
+                                 f"pass the matching encoder graph.")
+        checks = [(ein["image"].shape, 1, card.in_channels, "image channels"),
+                  (fin["features"].shape, 1, card.feature_channels, "feature channels")]
+        for shape, axis, want, what in checks:
+            if len(shape) != 4 or (shape[axis] is not None and shape[axis] != want):
+                self.close()
+                raise ModelCardError(f"engine {self.paths.field}: the graphs' {what} {shape} disagree with the "
+                                     f"card ({want}): re-export the model.")
+
+    @property
+    def backend_info(self) -> dict:
+        """Backend description for reports (name, providers, threads)."""
+        return self._field.describe()
+
+    def close(self) -> None:
+        """Release the backends (the Segmenter cannot be used afterwards)."""
+        self._field.deactivate()
+        self._encoder.deactivate()
+
+    def __enter__(self) -> Segmenter:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # -- streaming -----------------------------------------------------------------------------------------------
+    def prepare(self, image: NDArray, *, name: str = "image") -> tuple[NDArray, tuple[float, float]]:
+        """Check an image and return it as (H, W, C) per the card, with its normalisation statistics."""
+        img = np.asarray(image)
+        _check_dtype(img, name)
+        img = as_channels(img, self.card.in_channels, name=name)
+        return img, norm_stats(img, self.card.normalisation)
+
+    def predict_tiles(self, tiles: Iterable[tuple[Tile, NDArray]], *, stats: tuple[float, float],
+                      seed: int | None = None, progress: Callable[[int], None] | None = None, cancel: Callable[[], bool] | None = None,
+                      sampler_stats: SamplerStats | None = None) -> Iterator[tuple[Tile, NDArray[np.float32]]]:
+        """Sample tiles as they stream in; yield ``(tile, samples)`` with samples (K, size, size) float32.
+
+        Parameters
+        ----------
+        tiles : iterable of (Tile, ndarray)
+            Raw (size, size, C) windows (channels per the card, e.g. via :meth:`prepare`), with their tiles;
+            the tile ``index`` seeds the noise, so the same tile gives the same samples in any run.
+        stats : (offset, scale)
+            Normalisation statistics of the whole image or slide (``segflow.normalize.norm_stats``).
+        seed : int, optional
+            Noise seed (default: the Segmenter's).
+        progress : callable, optional
+            ``progress(n)`` after each group of n tiles.
+        cancel : callable, optional
+            Polled between groups; returning True raises :class:`Cancelled`.
+        """
+        stats_acc = sampler_stats if sampler_stats is not None else SamplerStats()
+        group = self.sampler.tiles_per_group()
+        it = iter(tiles)
+        while True:
+            if cancel is not None and cancel():
+                raise Cancelled("segmentation was cancelled by the caller; nothing was kept.")
+            chunk = [pair for _, pair in zip(range(group), it, strict=False)]
+            if not chunk:
+                return
+            images = np.stack([np.moveaxis(apply_norm(win, stats), -1, 0) for _, win in chunk])
+            samples = self.sampler.sample(images, [t.index for t, _ in chunk], stats_acc, seed=seed)
+            if progress is not None:
+                progress(len(chunk))
+            yield from zip((t for t, _ in chunk), samples, strict=True)
+
+    # -- whole image ---------------------------------------------------------------------------------------------
+    def __call__(self, image: NDArray, *, seed: int | None = None, name: str = "image",
+                 progress: Callable[[int, int], None] | None = None,
+                 cancel: Callable[[], bool] | None = None) -> Segmentation:
+        """Segment one (H, W) or (H, W, C) image; ``progress(done, total)`` counts tiles."""
+        t_start = time.perf_counter()
+        seed = self.settings.seed if seed is None else int(seed)
+        img, stats = self.prepare(image, name=name)
+        plan = plan_tiles(img.shape, self.card.tile, self.stride)
+        t_norm = time.perf_counter() - t_start
+        blender, sstats, done = Blender(img.shape[:2], self.settings.samples, mode=self.blend), SamplerStats(), [0]
+
+        def tick(n: int) -> None:
+            done[0] += n
+            if progress is not None:
+                progress(done[0], len(plan))
+
+        t_blend = 0.0
+        for tile, samples in self.predict_tiles(iter_tiles(img, plan), stats=stats, seed=seed, progress=tick,
+                                                cancel=cancel, sampler_stats=sstats):
+            t0 = time.perf_counter()
+            blender.add(tile, samples)
+            t_blend += time.perf_counter() - t0
+        t0 = time.perf_counter()
+        sample_sdfs = blender.result()
+        t_blend += time.perf_counter() - t0
+        result = self._finish(sample_sdfs, seed)
+        timings = {"normalise_s": t_norm, "encoder_s": sstats.encoder_s, "field_s": sstats.field_s,
+                   "blend_s": t_blend, **result.pop("timings"), "tiles": len(plan),
+                   "encoder_tiles": sstats.encoder_tiles, "field_calls": sstats.field_calls,
+                   "sample_evaluations": sstats.sample_evals}
+        timings["total_s"] = time.perf_counter() - t_start
+        return Segmentation(sample_sdfs=sample_sdfs, timings=timings, **result)
+
+    def _finish(self, sample_sdfs: NDArray[np.float32], seed: int) -> dict[str, Any]:
+        thr = self.card.threshold
+        mean = sample_sdfs.mean(axis=0, dtype=np.float64).astype(np.float32)
+        std = sample_sdfs.std(axis=0, dtype=np.float64).astype(np.float32)
+        prob = (sample_sdfs <= thr).mean(axis=0, dtype=np.float64).astype(np.float32)
+        t0 = time.perf_counter()
+        labels = _instances.instances_from_sdf(mean, method=self.instance_method, threshold=thr)
+        t_inst = time.perf_counter() - t0
+        t0 = time.perf_counter()
+        rows = _instances.instance_table(labels, mean, std, sample_sdfs, threshold=thr)
+        t_conf = time.perf_counter() - t0
+        s = self.settings
+        return {"labels": labels, "mean_sdf": mean, "std": std, "prob": prob, "mask": mean <= thr,
+                "samples": s.samples, "steps": s.steps, "method": s.method, "nfe": self.nfe,
+                "noise_iterations": s.noise_iterations, "seed": seed, "stride": self.stride, "blend": self.blend,
+                "instance_method": self.instance_method, "backend": self.backend_info, "card": self.card,
+                "instances": tuple(rows), "timings": {"instances_s": t_inst, "instance_table_s": t_conf}}
+
