@@ -1,0 +1,393 @@
+"""Whole slides in bounded memory: stream tiles block by block, stitch labels without seams, write pyramids.
+
+How it works (docs/wsi.md has the user's view):
+
+1. **Where.** The level is chosen from the card's ``pixel_size_um`` (or ``--level`` / ``--mpp``), the ROI is
+   converted to that level's pixels, and the region gets the *same* tile plan as a whole image of its size
+   (:func:`segflow.runtime.tiling.plan_tiles`); a tile's plan index seeds its noise.
+2. **Maps, block by block.** The region is cut into ``block``-sized blocks. A block needs every tile whose window
+   overlaps it; tiles are predicted once (tiles straddling a block border are cached until the neighbouring
+   block has used them) and blended in plan order into a block-local float64 accumulator, so each pixel gets
+   exactly the arithmetic of the whole-image path. Tiles off the tissue mask are not run: they count as
+   background (SDF +1 in every sample). The blended K samples and the mean / std / probability maps go to
+   chunked, compressed zarr arrays in a temporary folder beside the outputs (never to RAM).
+3. **Labels, block by block.** Instances are computed on the block plus a margin, and a block keeps an instance
+   only if the instance's first pixel (raster order) lies in the block's core and the instance does not touch
+   the window's cut edge; otherwise the window grows (doubling, up to ``max_margin``). Since the instance
+   solvers act on each foreground component alone, a kept instance equals its whole-image counterpart, each
+   instance is kept by exactly one block, and ids are assigned once (no duplicates, no instance cut at a seam).
+4. **Outputs.** Tiled pyramidal OME-TIFFs (labels, mean SDF, std, probability), QuPath GeoJSON streamed per
+   block, and a JSON summary, all staged in the temporary folder and moved into place only when everything
+   succeeded.
+"""
+
+from __future__ import annotations
+
+import bisect
+import math
+import os
+import shutil
+import tempfile
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from numpy.typing import NDArray
+
+from segflow.errors import InputError, require
+from segflow.imageio import write_json
+from segflow.normalize import as_channels, norm_stats
+from segflow.runtime import geojson, instances
+from segflow.runtime.blend import accumulate, blend_weights
+from segflow.runtime.ometiff import _check_writable, write_ome_pyramid
+from segflow.runtime.slide import LevelView, SlideReader, choose_level
+from segflow.runtime.tiling import Tile, axis_starts, pad_to_tile
+from segflow.runtime.tissue import thumbnail, tissue_mask
+
+__all__ = ["SlideOptions", "SlideSegmentation", "segment_slide", "parse_roi"]
+
+
+@dataclass(frozen=True)
+class SlideOptions:
+    """Where and how to segment a slide.
+
+    Attributes
+    ----------
+    roi : (x, y, w, h), optional
+        Region in full-resolution (level-0) slide pixels; default the whole slide.
+    level, mpp : optional
+        Pyramid level, or target microns per pixel (default: the card's ``pixel_size_um``, else level 0).
+    tissue : bool
+        Skip tiles outside a quick low-resolution tissue mask.
+    block : int
+        Block side in pixels of the processing level (memory grows with block² × K).
+    margin : int, optional
+        Initial label-window margin around a block (default 4 tiles); it doubles up to ``max_margin`` for
+        larger instances.
+    max_margin : int
+        Largest margin tried; instances larger than this may be cut (counted in ``oversized``).
+    geojson : bool
+        Write the QuPath GeoJSON.
+    tiff_tile : int
+        Tile side of the output OME-TIFFs.
+    """
+
+    roi: tuple[int, int, int, int] | None = None
+    level: int | None = None
+    mpp: float | None = None
+    tissue: bool = True
+    block: int = 2048
+    margin: int | None = None
+    max_margin: int = 4096
+    geojson: bool = True
+    tiff_tile: int = 512
+
+
+@dataclass(frozen=True)
+class SlideSegmentation:
+    """What a slide run produced: output files, counts, where it ran, timings."""
+
+    outputs: dict[str, str]
+    n_instances: int
+    tiles: int
+    tiles_run: int
+    tiles_skipped: int
+    level: int
+    downsample: float
+    mpp: float | None
+    roi: tuple[int, int, int, int]
+    shape: tuple[int, int]
+    samples: int
+    steps: int
+    nfe: int
+    oversized: int
+    timings: dict = field(default_factory=dict)
+
+    def summary(self) -> dict[str, Any]:
+        """JSON-ready dict."""
+        return asdict(self)
+
+
+def parse_roi(text: str | None) -> tuple[int, int, int, int] | None:
+    """Parse ``"x,y,w,h"`` (level-0 pixels) or raise :class:`InputError`."""
+    if text is None:
+        return None
+    try:
+        x, y, w, h = (int(v) for v in text.split(","))
+    except ValueError:
+        raise InputError(f"--roi {text!r} is not four integers x,y,w,h: write e.g. --roi 1000,2000,4096,4096.")
+    if w <= 0 or h <= 0 or x < 0 or y < 0:
+        raise InputError(f"--roi {text!r} needs x, y >= 0 and w, h > 0.")
+    return x, y, w, h
+
+
+def _region(view: LevelView, roi: tuple[int, int, int, int] | None, path: str) -> tuple[int, int, int, int]:
+    """ROI (level 0) -> (x0, y0, w, h) in view pixels, checked against the slide."""
+    h0 = round(view.height * view.downsample)
+    w0 = round(view.width * view.downsample)
+    if roi is None:
+        return 0, 0, view.width, view.height
+    x, y, w, h = roi
+    if x + w > w0 + 1 or y + h > h0 + 1:
+        raise InputError(f"--roi {x},{y},{w},{h} lies outside slide {path} ({w0}x{h0} pixels at full "
+                         "resolution): pick a region inside the slide.")
+    d = view.downsample
+    x0, y0 = int(math.floor(x / d)), int(math.floor(y / d))
+    x1, y1 = min(view.width, int(math.ceil((x + w) / d))), min(view.height, int(math.ceil((y + h) / d)))
+    if x1 <= x0 or y1 <= y0:
+        raise InputError(f"--roi {x},{y},{w},{h} is smaller than one pixel at the chosen level: enlarge it.")
+    return x0, y0, x1 - x0, y1 - y0
+
+
+class _Plan:
+    """The region's tile plan (same as ``plan_tiles``), queried by block without listing every tile."""
+
+    def __init__(self, h: int, w: int, tile: int, stride: int) -> None:
+        self.ys, self.xs = axis_starts(h, tile, stride), axis_starts(w, tile, stride)
+        self.tile, self.valid = tile, (min(h, tile), min(w, tile))
+        self.total = len(self.ys) * len(self.xs)
+
+    def _range(self, starts: list[int], size: int, lo: int, hi: int) -> range:
+        first = bisect.bisect_right(starts, lo - size)  # first start with start + size > lo
+        last = bisect.bisect_left(starts, hi)  # starts < hi
+        return range(first, last)
+
+    def tiles_over(self, y0: int, y1: int, x0: int, x1: int) -> list[Tile]:
+        """Tiles whose valid window overlaps ``[y0, y1) x [x0, x1)``, in plan (index) order."""
+        ri = self._range(self.ys, self.valid[0], y0, y1)
+        rj = self._range(self.xs, self.valid[1], x0, x1)
+        n = len(self.xs)
+        return [Tile(i * n + j, self.ys[i], self.xs[j], self.tile, self.valid) for i in ri for j in rj]
+
+
+def _zeros(root: str, name: str, shape: tuple[int, ...], dtype: Any, chunk: int) -> Any:
+    zarr = require("zarr", "segflow[wsi]", "streaming whole slides")
+    chunks = (1,) * (len(shape) - 2) + (min(chunk, shape[-2]), min(chunk, shape[-1]))
+    return zarr.create_array(store=os.path.join(root, name + ".zarr"), shape=shape, chunks=chunks, dtype=dtype,
+                             fill_value=0)
+
+
+class _Run:
+    """State of one slide run (kept small: one block of accumulators plus the border-tile cache)."""
+
+    def __init__(self, seg: Any, view: LevelView, region: tuple[int, int, int, int], opts: SlideOptions,
+                 stats: tuple[float, float], tmp: str, progress: Any, cancel: Any) -> None:
+        self.seg, self.view, self.opts, self.stats, self.tmp = seg, view, opts, stats, tmp
+        self.ox, self.oy, self.w, self.h = region
+        card = seg.card
+        self.k, self.tile, self.thr = seg.settings.samples, card.tile, card.threshold
+        self.plan = _Plan(self.h, self.w, card.tile, seg.stride)
+        self.progress, self.cancel = progress, cancel
+        self.done = self.run_count = 0
+        self.cache: dict[int, NDArray[np.float32]] = {}
+        self.tissue = None
+        chunk = min(1024, opts.block)
+        self.samples = _zeros(tmp, "samples", (self.k, self.h, self.w), np.float32, chunk)
+        self.maps = {n: _zeros(tmp, n, (self.h, self.w), np.float32, chunk) for n in ("mean_sdf", "std", "prob")}
+        self.labels = _zeros(tmp, "labels", (self.h, self.w), np.uint32, chunk)
+
+    def blocks(self):
+        b = self.opts.block
+        for y in range(0, self.h, b):
+            for x in range(0, self.w, b):
+                yield y, min(y + b, self.h), x, min(x + b, self.w)
+
+    # -- pass 1: maps ------------------------------------------------------------------------------------------
+    def _window(self, t: Tile) -> NDArray:
+        win = self.view.read(self.ox + t.x, self.oy + t.y, t.valid[1], t.valid[0])
+        return pad_to_tile(as_channels(win, self.seg.card.in_channels, name=self.view.reader.path), t.size)
+
+    def _has_tissue(self, t: Tile) -> bool:
+        if self.tissue is None:
+            return True
+        d = self.view.downsample
+        return self.tissue.any_in((self.ox + t.x) * d, (self.oy + t.y) * d, (self.ox + t.x + t.valid[1]) * d,
+                                  (self.oy + t.y + t.valid[0]) * d)
+
+    def _tick(self, n: int) -> None:
+        self.done += n
+        if self.progress is not None:
+            self.progress(self.done, self.plan.total)
+
+    def _predict(self, tiles: list[Tile]) -> None:
+        todo = [t for t in tiles if t.index not in self.cache]
+        run = [t for t in todo if self._has_tissue(t)]
+        ran = {t.index for t in run}
+        for t in todo:
+            if t.index not in ran:
+                self.cache[t.index] = np.ones((self.k, t.size, t.size), np.float32)
+        self._tick(len(todo) - len(run))
+        self.run_count += len(run)
+        if self.cancel is not None and self.cancel():
+            from segflow.runtime.session import Cancelled
+
+            raise Cancelled("segmentation was cancelled by the caller; nothing was kept.")
+        pairs = ((t, self._window(t)) for t in run)
+        for t, samples in self.seg.predict_tiles(pairs, stats=self.stats, progress=self._tick, cancel=self.cancel):
+            self.cache[t.index] = np.asarray(samples, np.float32)
+
+    def map_block(self, y0: int, y1: int, x0: int, x1: int) -> None:
+        tiles = self.plan.tiles_over(y0, y1, x0, x1)
+        self._predict(tiles)
+        ly, lx = min(t.y for t in tiles), min(t.x for t in tiles)
+        lh = max(t.y + t.valid[0] for t in tiles) - ly
+        lw = max(t.x + t.valid[1] for t in tiles) - lx
+        acc, wsum = np.zeros((self.k, lh, lw)), np.zeros((lh, lw))
+        weights = blend_weights(self.tile, self.seg.blend)
+        for t in tiles:
+            accumulate(acc, wsum, t, self.cache[t.index], weights, origin=(ly, lx))
+        core = (slice(None), slice(y0 - ly, y1 - ly), slice(x0 - lx, x1 - lx))
+        s = (acc[core] / wsum[core[1:]]).astype(np.float32)
+        self.samples[:, y0:y1, x0:x1] = s
+        self.maps["mean_sdf"][y0:y1, x0:x1] = s.mean(axis=0, dtype=np.float64).astype(np.float32)
+        self.maps["std"][y0:y1, x0:x1] = s.std(axis=0, dtype=np.float64).astype(np.float32)
+        self.maps["prob"][y0:y1, x0:x1] = (s <= self.thr).mean(axis=0, dtype=np.float64).astype(np.float32)
+        for t in tiles:  # evict tiles no later block needs (later blocks lie below, or right in this row)
+            if t.y + t.valid[0] <= y1 and t.x + t.valid[1] <= x1:
+                self.cache.pop(t.index, None)
+
+    # -- pass 2: labels ----------------------------------------------------------------------------------------
+    def _owned(self, y0: int, y1: int, x0: int, x1: int, margin: int):
+        wy0, wy1 = max(0, y0 - margin), min(self.h, y1 + margin)
+        wx0, wx1 = max(0, x0 - margin), min(self.w, x1 + margin)
+        lab = instances.instances_from_sdf(self.maps["mean_sdf"][wy0:wy1, wx0:wx1],
+                                           method=self.seg.instance_method, threshold=self.thr)
+        ids, first = np.unique(lab.ravel(), return_index=True)
+        ids, first = ids[ids > 0], first[ids > 0]
+        fy, fx = np.divmod(first, lab.shape[1])
+        in_core = (fy + wy0 >= y0) & (fy + wy0 < y1) & (fx + wx0 >= x0) & (fx + wx0 < x1)
+        edges = [lab[0] if wy0 > 0 else None, lab[-1] if wy1 < self.h else None,
+                 lab[:, 0] if wx0 > 0 else None, lab[:, -1] if wx1 < self.w else None]
+        touch = np.unique(np.concatenate([e for e in edges if e is not None] or [np.zeros(0, lab.dtype)]))
+        cut = np.isin(ids, touch)
+        return lab, (wy0, wy1, wx0, wx1), ids[in_core & ~cut], ids[in_core & cut]
+
+    def label_block(self, y0: int, y1: int, x0: int, x1: int, next_id: int, write_feature: Any) -> tuple[int, int]:
+        margin = self.opts.margin if self.opts.margin is not None else 4 * self.tile
+        while True:
+            lab, (wy0, wy1, wx0, wx1), keep, cut = self._owned(y0, y1, x0, x1, margin)
+            if not len(cut) or margin >= self.opts.max_margin:
+                break
+            margin = min(2 * margin, self.opts.max_margin)
+        keep = np.concatenate([keep, cut])
+        if not len(keep):
+            return next_id, 0
+        lut = np.zeros(int(lab.max()) + 1, np.uint32)
+        lut[keep] = np.arange(next_id, next_id + len(keep), dtype=np.uint32)
+        new = lut[lab]
+        win = np.asarray(self.labels[wy0:wy1, wx0:wx1])
+        win[new > 0] = new[new > 0]
+        self.labels[wy0:wy1, wx0:wx1] = win
+        if write_feature is not None:
+            self._features(lab, keep, lut, (wy0, wy1, wx0, wx1), write_feature)
+        return next_id + len(keep), len(cut)
+
+    def _features(self, lab: NDArray, keep: NDArray, lut: NDArray, box: tuple, write: Any) -> None:
+        wy0, wy1, wx0, wx1 = box
+        d = self.view.downsample
+        for f in geojson.label_features(
+                lab, ids=keep, offset=(self.ox + wx0, self.oy + wy0), scale=d, mpp=self.view.reader.mpp,
+                prob=np.asarray(self.maps["prob"][wy0:wy1, wx0:wx1]),
+                std=np.asarray(self.maps["std"][wy0:wy1, wx0:wx1]), key=self.view.reader.path,
+                id_map={int(i): int(lut[i]) for i in keep}):
+            write(f)
+
+
+def _norm_stats(seg: Any, reader: SlideReader) -> tuple[float, float]:
+    spec = seg.card.normalisation
+    if spec.get("mode", "dtype") == "dtype":
+        return norm_stats(np.zeros(1, reader.dtype), spec)
+    thumb, _ = thumbnail(reader)  # percentile statistics of the whole slide, from its thumbnail
+    return norm_stats(as_channels(thumb, seg.card.in_channels), spec)
+
+
+def segment_slide(seg: Any, reader: SlideReader, out_dir: str | Path, *, name: str | None = None,
+                  options: SlideOptions | None = None, progress: Any = None, cancel: Any = None
+                  ) -> SlideSegmentation:
+    """Segment a slide (or its ROI) with a :class:`~segflow.runtime.session.Segmenter` in bounded memory.
+
+    Parameters
+    ----------
+    seg : Segmenter
+        An open session (its card, sampling settings, stride, blend and instance method are used).
+    reader : SlideReader
+        Region reader (:func:`segflow.runtime.slide.open_slide`, or ``ArrayReader`` for arrays).
+    out_dir : str or Path
+        Output folder; files are named ``{name}.labels.ome.tif``, ``.mean_sdf/.std/.prob.ome.tif``,
+        ``.geojson`` and ``.json``.
+    name : str, optional
+        Output stem (default: the slide's file name without suffixes).
+    options : SlideOptions
+        ROI, level, tissue mask, block size.
+    progress : callable, optional
+        ``progress(done, total)`` in tiles (skipped tiles count as done).
+    cancel : callable, optional
+        Polled between tile groups; returning True stops the run and keeps nothing
+        (:class:`~segflow.runtime.session.Cancelled`).
+    """
+    opts = options or SlideOptions()
+    t0 = time.perf_counter()
+    out = Path(out_dir)
+    _check_writable(out)
+    name = name or Path(reader.path).name.split(".")[0]
+    view = LevelView(reader, choose_level(reader, level=opts.level, mpp=opts.mpp, card_mpp=seg.card.pixel_size_um))
+    region = _region(view, opts.roi, reader.path)
+    tmp = tempfile.mkdtemp(prefix=f".{name}.wsi-", dir=out)
+    try:
+        run = _Run(seg, view, region, opts, _norm_stats(seg, reader), tmp, progress, cancel)
+        if opts.tissue:
+            run.tissue = tissue_mask(reader, margin=seg.card.tile * view.downsample)
+        for blk in run.blocks():
+            run.map_block(*blk)
+        t_maps = time.perf_counter() - t0
+        staged = {k: os.path.join(tmp, f"{name}.{k}") for k in ("labels.ome.tif", "mean_sdf.ome.tif",
+                                                                 "std.ome.tif", "prob.ome.tif", "json")}
+        next_id, oversized = 1, 0
+        if opts.geojson:
+            staged["geojson"] = os.path.join(tmp, f"{name}.geojson")
+        ctx = geojson.feature_writer(staged["geojson"]) if opts.geojson else _null()
+        with ctx as write:
+            for blk in run.blocks():
+                next_id, n_cut = run.label_block(*blk, next_id, write)
+                oversized += n_cut
+        t_labels = time.perf_counter() - t0 - t_maps
+        n = next_id - 1
+        src = run.labels if n >= 65535 else _Cast(run.labels, np.uint16)
+        write_ome_pyramid(staged["labels.ome.tif"], src, kind="labels", mpp=view.mpp, tile=opts.tiff_tile)
+        for m in ("mean_sdf", "std", "prob"):
+            write_ome_pyramid(staged[f"{m}.ome.tif"], run.maps[m], kind="map", mpp=view.mpp, tile=opts.tiff_tile)
+        d = view.downsample
+        res = SlideSegmentation(
+            outputs={k: str(out / Path(v).name) for k, v in staged.items()}, n_instances=n, tiles=run.plan.total,
+            tiles_run=run.run_count, tiles_skipped=run.plan.total - run.run_count, level=view.level,
+            downsample=d, mpp=view.mpp, roi=(round(region[0] * d), round(region[1] * d), round(region[2] * d),
+                                             round(region[3] * d)),
+            shape=(region[3], region[2]), samples=run.k, steps=seg.settings.steps, nfe=seg.nfe, oversized=oversized,
+            timings={"maps_s": t_maps, "labels_s": t_labels, "total_s": time.perf_counter() - t0})
+        write_json(staged["json"], {**res.summary(), "slide": reader.path, "card": seg.card.to_dict(),
+                                    "backend": seg.backend_info})
+        for k, v in staged.items():
+            os.replace(v, res.outputs[k])
+        return res
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+class _Cast:
+    """Array-like view casting blocks to ``dtype`` on read."""
+
+    def __init__(self, arr: Any, dtype: Any) -> None:
+        self.arr, self.dtype, self.shape = arr, np.dtype(dtype), arr.shape
+
+    def __getitem__(self, idx: Any) -> NDArray:
+        return np.asarray(self.arr[idx]).astype(self.dtype)
+
+
+class _null:
+    def __enter__(self) -> None:
+        return None
+
+    def __exit__(self, *exc: object) -> None:
+        return None
