@@ -278,6 +278,14 @@ class Segmenter:
                 progress(len(chunk))
             yield from zip((t for t, _ in chunk), samples, strict=True)
 
+    def segment_slide(self, reader: Any, out_dir: str | Path, **options: Any) -> Any:
+        """Segment a whole slide (a region reader) block by block in bounded memory, writing OME-TIFF pyramids,
+        GeoJSON and a summary into ``out_dir``; see :func:`segflow.runtime.wsi.segment_slide` for the options
+        (``name``, ``options``, ``progress``, ``cancel``)."""
+        from segflow.runtime.wsi import segment_slide
+
+        return segment_slide(self, reader, out_dir, **options)
+
     # -- whole image ---------------------------------------------------------------------------------------------
     def __call__(self, image: NDArray, *, seed: int | None = None, name: str = "image",
                  progress: Callable[[int, int], None] | None = None,

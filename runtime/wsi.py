@@ -46,7 +46,11 @@ from segflow.runtime.slide import LevelView, SlideReader, choose_level
 from segflow.runtime.tiling import Tile, axis_starts, pad_to_tile
 from segflow.runtime.tissue import thumbnail, tissue_mask
 
-__all__ = ["SlideOptions", "SlideSegmentation", "segment_slide", "parse_roi"]
+__all__ = ["SlideOptions", "SlideSegmentation", "segment_slide", "parse_roi", "add_arguments", "wants_slide",
+           "run_slides", "OUTPUTS"]
+
+OUTPUTS = {"labels": "_labels.ome.tif", "mean_sdf": "_sdf.ome.tif", "std": "_std.ome.tif", "prob": "_prob.ome.tif",
+           "geojson": ".geojson", "json": ".json"}
 
 
 @dataclass(frozen=True)
@@ -315,8 +319,8 @@ def segment_slide(seg: Any, reader: SlideReader, out_dir: str | Path, *, name: s
     reader : SlideReader
         Region reader (:func:`segflow.runtime.slide.open_slide`, or ``ArrayReader`` for arrays).
     out_dir : str or Path
-        Output folder; files are named ``{name}.labels.ome.tif``, ``.mean_sdf/.std/.prob.ome.tif``,
-        ``.geojson`` and ``.json``.
+        Output folder; files are named ``{name}_labels.ome.tif``, ``_sdf/_std/_prob.ome.tif``,
+        ``.geojson`` and ``.json`` (see :data:`OUTPUTS`).
     name : str, optional
         Output stem (default: the slide's file name without suffixes).
     options : SlideOptions
@@ -342,8 +346,7 @@ def segment_slide(seg: Any, reader: SlideReader, out_dir: str | Path, *, name: s
         for blk in run.blocks():
             run.map_block(*blk)
         t_maps = time.perf_counter() - t0
-        staged = {k: os.path.join(tmp, f"{name}.{k}") for k in ("labels.ome.tif", "mean_sdf.ome.tif",
-                                                                 "std.ome.tif", "prob.ome.tif", "json")}
+        staged = {k: os.path.join(tmp, f"{name}{s}") for k, s in OUTPUTS.items() if k != "geojson"}
         next_id, oversized = 1, 0
         if opts.geojson:
             staged["geojson"] = os.path.join(tmp, f"{name}.geojson")
@@ -355,9 +358,9 @@ def segment_slide(seg: Any, reader: SlideReader, out_dir: str | Path, *, name: s
         t_labels = time.perf_counter() - t0 - t_maps
         n = next_id - 1
         src = run.labels if n >= 65535 else _Cast(run.labels, np.uint16)
-        write_ome_pyramid(staged["labels.ome.tif"], src, kind="labels", mpp=view.mpp, tile=opts.tiff_tile)
+        write_ome_pyramid(staged["labels"], src, kind="labels", mpp=view.mpp, tile=opts.tiff_tile)
         for m in ("mean_sdf", "std", "prob"):
-            write_ome_pyramid(staged[f"{m}.ome.tif"], run.maps[m], kind="map", mpp=view.mpp, tile=opts.tiff_tile)
+            write_ome_pyramid(staged[m], run.maps[m], kind="map", mpp=view.mpp, tile=opts.tiff_tile)
         d = view.downsample
         res = SlideSegmentation(
             outputs={k: str(out / Path(v).name) for k, v in staged.items()}, n_instances=n, tiles=run.plan.total,
@@ -391,3 +394,70 @@ class _null:
 
     def __exit__(self, *exc: object) -> None:
         return None
+
+
+# -- command line (``runtime segment`` routes slides here) -----------------------------------------------------
+def add_arguments(p: Any) -> None:
+    """Add the whole-slide flags to ``runtime segment``."""
+    import argparse
+
+    g = p.add_argument_group("whole slides (pyramidal/large TIFF, OME-TIFF, SVS, OpenSlide formats)")
+    g.add_argument("--roi", default=None, metavar="X,Y,W,H", help="region in full-resolution slide pixels")
+    g.add_argument("--level", type=int, default=None, help="pyramid level to segment (default: by pixel size)")
+    g.add_argument("--mpp", type=float, default=None,
+                   help="microns per pixel to segment at (default: the model card's pixel_size_um)")
+    g.add_argument("--tissue", action=argparse.BooleanOptionalAction, default=True,
+                   help="skip tiles outside a quick tissue mask (default on)")
+    g.add_argument("--geojson", action=argparse.BooleanOptionalAction, default=None,
+                   help="write QuPath GeoJSON (default on for slides; asking for it streams any image)")
+    g.add_argument("--block", type=int, default=2048, help="block side in pixels; memory grows with it (2048)")
+
+
+def wants_slide(args: Any, path: str | Path) -> bool:
+    """True if ``path`` takes the streaming path: a slide, or any ROI/level/mpp/GeoJSON request."""
+    from segflow.runtime.slide import is_slide
+
+    asked = any(getattr(args, k, None) is not None for k in ("roi", "level", "mpp")) or bool(
+        getattr(args, "geojson", None))
+    return asked or is_slide(path)
+
+
+def _options(args: Any) -> SlideOptions:
+    if args.block < 64:
+        raise InputError(f"--block {args.block} is too small: use at least 64 pixels.")
+    return SlideOptions(roi=parse_roi(args.roi), level=args.level, mpp=args.mpp, tissue=args.tissue,
+                        block=args.block, geojson=args.geojson is not False)
+
+
+def check_slides(seg: Any, paths: list[Path], args: Any) -> None:
+    """Open every slide and resolve its level and ROI before anything is written."""
+    from segflow.runtime.slide import open_slide
+
+    opts = _options(args)
+    for p in paths:
+        with open_slide(p) as reader:
+            view = LevelView(reader, choose_level(reader, level=opts.level, mpp=opts.mpp,
+                                                  card_mpp=seg.card.pixel_size_um))
+            _region(view, opts.roi, str(p))
+            as_channels(reader.read_region(0, 0, 1, 1, level=view.level), seg.card.in_channels, name=f"slide {p}")
+
+
+def run_slides(seg: Any, paths: list[Path], args: Any) -> None:
+    """Segment each slide with a progress bar (tiles done, time left); print one line per slide."""
+    import sys
+
+    from segflow.progress import Progress
+    from segflow.runtime.slide import open_slide
+
+    opts = _options(args)
+    for i, p in enumerate(paths, start=1):
+        with open_slide(p) as reader, Progress(total=1, desc=f"[slide {i}/{len(paths)}] {p.name}",
+                                               enabled=args.progress, unit="tile") as bar:
+            def tick(done: int, total: int, bar=bar) -> None:
+                bar.total = total
+                bar.update(done - bar.n)
+
+            res = segment_slide(seg, reader, args.out, name=p.name.split(".")[0], options=opts, progress=tick)
+        if args.progress is not False:
+            print(f"{p}: {res.n_instances} instances at level {res.level} ({res.tiles_run}/{res.tiles} tiles run), "
+                  f"{res.timings['total_s']:.1f} s -> {args.out / p.name.split('.')[0]}_*.ome.tif", file=sys.stdout)

@@ -59,6 +59,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     bar = p.add_mutually_exclusive_group()
     bar.add_argument("--progress", dest="progress", action="store_true", default=None, help="always show progress")
     bar.add_argument("--quiet", "-q", dest="progress", action="store_false", help="no progress bar or summary lines")
+    from segflow.runtime import wsi  # whole-slide flags (--roi, --level, --mpp, --tissue, --geojson, --block)
+
+    wsi.add_arguments(p)
 
 
 def _validate(paths: list[Path], segmenter) -> dict[Path, object]:
@@ -78,10 +81,13 @@ def _validate(paths: list[Path], segmenter) -> dict[Path, object]:
 
 def run(args: argparse.Namespace) -> int:
     """Segment every input; exit 0, or 2 with one sentence on a bad input (nothing partial is written)."""
+    from segflow.runtime import wsi
     from segflow.runtime.outputs import write_segmentation
     from segflow.runtime.session import Segmenter
 
     paths = list_images(args.inputs)
+    slides = [p for p in paths if wsi.wants_slide(args, p)]  # streamed region by region (docs/wsi.md)
+    paths = [p for p in paths if p not in slides]
     if args.out.exists() and not args.out.is_dir():
         raise InputError(f"output {args.out} exists and is not a folder: choose another --out.")
     with Segmenter(args.engine, backend=args.backend, samples=args.samples, steps=args.steps,
@@ -90,6 +96,7 @@ def run(args: argparse.Namespace) -> int:
                    batch_size=args.batch_size, memory_budget_mb=args.memory_budget, guidance=args.guidance,
                    label=args.label, ode=args.ode) as seg:
         cache = _validate(paths, seg)
+        wsi.check_slides(seg, slides, args)
         for i, p in enumerate(paths, start=1):
             img = cache.pop(p) if p in cache else read_image(p)
             with Progress(total=1, desc=f"[{i}/{len(paths)}] {p.name}", enabled=args.progress, unit="tile") as bar:
@@ -103,4 +110,5 @@ def run(args: argparse.Namespace) -> int:
             if args.progress is not False:
                 print(f"{p}: {result.n_instances} instances, K={result.samples}, NFE={result.nfe}, "
                       f"{result.timings['total_s']:.2f} s -> {args.out / p.stem}_*.tif", file=sys.stdout)
+        wsi.run_slides(seg, slides, args)
     return 0
