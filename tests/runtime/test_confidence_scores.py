@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-
 from segflow.runtime.confidence import (
     InstanceScores,
     adaptive_threshold,
@@ -13,6 +12,7 @@ from segflow.runtime.confidence import (
     instance_confidence,
     parse_min_confidence,
 )
+
 from segflow.sdf import mask_to_sdf
 
 
