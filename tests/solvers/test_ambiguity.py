@@ -7,7 +7,6 @@ from fractions import Fraction
 
 import numpy as np
 import pytest
-
 from segflow.solvers.ambiguity import (
     ci_score,
     combined_sensitivity,
