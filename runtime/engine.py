@@ -1,0 +1,307 @@
+"""Build TensorRT / TensorRT-RTX plans from the exported ONNX graphs, on the target machine, without torch.
+
+:func:`build_engine` turns ``NAME.onnx`` + ``NAME.encoder.onnx`` into ``NAME.plan`` + ``NAME.encoder.plan``,
+writes the model card as ``NAME.card.json`` (the naming convention of :func:`segflow.card.resolve_engine`) and
+one build record per plan (``NAME.plan.json``, see :class:`segflow.runtime.trtlib.PlanInfo`).
+
+Build recipe (the same on TensorRT 10, TensorRT 11 and TensorRT-RTX):
+
+* the network is always **strongly typed**; precision comes from the ONNX graph, converted beforehand for
+  fp16/bf16 by :func:`segflow.runtime.autocast.convert_precision` (TensorRT 11 has no FP16/BF16 flags);
+* one optimisation profile: the batch dimension (dim 0) of every dynamic input spans ``batch = (min, opt,
+  max)`` samples (K x tiles); other dynamic dimensions are fixed at the card's tile size;
+* the workspace memory pool is limited to ``workspace_bytes``;
+* full TensorRT reuses a timing cache file (loaded if it was written by the same TensorRT version on the
+  same GPU, saved after the build). TensorRT-RTX ignores timing caches (its kernels are compiled just in time
+  on the user's GPU, and its builder needs no GPU at all), so the cache is skipped there.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from types import ModuleType
+from typing import Any
+
+from segflow import __version__
+from segflow.card import ModelCard, card_from_onnx, resolve_engine
+from segflow.errors import BackendError, InputError, ModelCardError
+from segflow.runtime.autocast import PRECISIONS, convert_precision
+from segflow.runtime.trtlib import PlanInfo, gpu_info, import_trt, library_name, sidecar_path
+
+__all__ = ["parse_batch", "parse_bytes", "profile_shapes", "build_plan", "build_engine", "BuildResult",
+           "DEFAULT_BATCH", "DEFAULT_WORKSPACE"]
+
+DEFAULT_BATCH = (1, 16, 64)
+DEFAULT_WORKSPACE = 4 << 30
+_UNITS = {"": 1, "K": 1 << 10, "M": 1 << 20, "G": 1 << 30, "T": 1 << 40}
+
+
+def parse_batch(text: str) -> tuple[int, int, int]:
+    """Parse ``"MIN:OPT:MAX"`` (or a single ``"N"``) into a batch range with 1 <= min <= opt <= max.
+
+    Examples
+    --------
+    >>> parse_batch("1:16:64"), parse_batch("8")
+    ((1, 16, 64), (8, 8, 8))
+    """
+    parts = str(text).split(":")
+    try:
+        vals = [int(p) for p in parts]
+    except ValueError:
+        raise ValueError(f"batch {text!r} must be MIN:OPT:MAX integers, e.g. 1:16:64") from None
+    if len(vals) == 1:
+        vals = vals * 3
+    if len(vals) != 3 or not 1 <= vals[0] <= vals[1] <= vals[2]:
+        raise ValueError(f"batch {text!r} must be MIN:OPT:MAX with 1 <= MIN <= OPT <= MAX, e.g. 1:16:64")
+    return vals[0], vals[1], vals[2]
+
+
+def parse_bytes(text: str | int) -> int:
+    """Parse a size like ``"4G"``, ``"512M"``, ``"1.5G"`` or ``1048576`` (binary units) into bytes.
+
+    Examples
+    --------
+    >>> parse_bytes("4G"), parse_bytes("512m"), parse_bytes(1024)
+    (4294967296, 536870912, 1024)
+    """
+    m = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([kKmMgGtT]?)(?:i?[bB])?\s*", str(text))
+    if not m:
+        raise ValueError(f"size {text!r} must be a number with an optional K/M/G/T suffix, e.g. 4G")
+    value = int(float(m.group(1)) * _UNITS[m.group(2).upper()])
+    if value <= 0:
+        raise ValueError(f"size {text!r} must be positive")
+    return value
+
+
+def profile_shapes(shape: tuple[int, ...], batch: tuple[int, int, int], spatial: int
+                   ) -> tuple[tuple[int, ...], tuple[int, ...], tuple[int, ...]] | None:
+    """Min/opt/max shapes of one input with (TensorRT-style) ``-1`` for dynamic dimensions.
+
+    Dim 0 takes the batch range; any other dynamic dim of a rank-4 (B, C, H, W) input at H or W takes
+    ``spatial`` (the tile). Returns None for a fully static input. A dynamic channel dim is an error.
+
+    Examples
+    --------
+    >>> profile_shapes((-1, 1, -1, -1), (1, 16, 64), 128)
+    ((1, 1, 128, 128), (16, 1, 128, 128), (64, 1, 128, 128))
+    >>> profile_shapes((-1,), (2, 4, 8), 128)
+    ((2,), (4,), (8,))
+    """
+    if all(d >= 0 for d in shape):
+        return None
+    rest = []
+    for axis, d in enumerate(shape[1:], start=1):
+        if d >= 0:
+            rest.append(int(d))
+        elif len(shape) == 4 and axis >= 2:
+            rest.append(int(spatial))
+        else:
+            raise ValueError(f"input shape {list(shape)} has a dynamic dimension {axis} that is neither the "
+                             f"batch nor H/W: export the model with static channels")
+    first = [shape[0]] * 3 if shape[0] >= 0 else list(batch)
+    return tuple((first[i], *rest) for i in range(3))  # type: ignore[return-value]
+
+
+def _atomic_write(path: Path, data: bytes) -> None:
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(data)
+        os.chmod(tmp, 0o644)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def _parse_onnx(trt: ModuleType, builder: Any, logger: Any, onnx_path: Path) -> Any:
+    flag = getattr(trt.NetworkDefinitionCreationFlag, "STRONGLY_TYPED", None)
+    network = builder.create_network(0 if flag is None else 1 << int(flag))
+    parser = trt.OnnxParser(network, logger)
+    if not parser.parse_from_file(str(onnx_path)):
+        errors = "; ".join(str(parser.get_error(i)) for i in range(parser.num_errors)) or "no details"
+        raise ModelCardError(f"{library_name(trt)} cannot parse {onnx_path} ({errors}): re-export the model "
+                             f"with a supported opset or upgrade {library_name(trt)}.")
+    return network, parser
+
+
+def _network_inputs(network: Any) -> dict[str, tuple[int, ...]]:
+    return {network.get_input(i).name: tuple(int(d) for d in network.get_input(i).shape)
+            for i in range(network.num_inputs)}
+
+
+def _timing_cache(trt: ModuleType, config: Any, path: Path | None, stamp: dict[str, Any]) -> Any:
+    """Attach a timing cache (loaded when its stamp matches this TensorRT + GPU) and return it, or None."""
+    if path is None or library_name(trt) == "tensorrt_rtx":
+        return None
+    data = b""
+    stamp_file = path.with_name(path.name + ".json")
+    if path.is_file():
+        old = json.loads(stamp_file.read_text()) if stamp_file.is_file() else {}
+        if old == stamp:
+            data = path.read_bytes()
+    cache = config.create_timing_cache(data)
+    config.set_timing_cache(cache, False)
+    return cache
+
+
+def build_plan(onnx_path: str | Path, out_plan: str | Path, *, batch: tuple[int, int, int] = DEFAULT_BATCH,
+               spatial: int = 128, workspace_bytes: int = DEFAULT_WORKSPACE, timing_cache: str | Path | None = None,
+               builder: str = "auto", precision: str = "fp32", conversion: str = "none",
+               source_name: str | None = None, log_level: str = "WARNING",
+               compute_capabilities: tuple[str, ...] = ()) -> PlanInfo:
+    """Build one plan from one ONNX graph (already in its final precision) and write its build record.
+
+    Returns
+    -------
+    PlanInfo
+        What was written to ``out_plan + ".json"``.
+    """
+    trt = import_trt(builder)
+    lib = library_name(trt)
+    onnx_path, out_plan = Path(onnx_path), Path(out_plan)
+    logger = trt.Logger(getattr(trt.Logger, log_level))
+    b = trt.Builder(logger)
+    network, _parser = _parse_onnx(trt, b, logger, onnx_path)
+    config = b.create_builder_config()
+    config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, int(workspace_bytes))
+    profile = b.create_optimization_profile()
+    profiles = {}
+    for name, shape in _network_inputs(network).items():
+        shapes = profile_shapes(shape, batch, spatial)
+        if shapes is not None:
+            profile.set_shape(name, *shapes)
+            profiles[name] = [list(s) for s in shapes]
+    if profiles:
+        config.add_optimization_profile(profile)
+    _set_targets(trt, config, compute_capabilities)
+    gpu = gpu_info()
+    stamp = {"library": lib, "version": str(trt.__version__),
+             "gpu": None if gpu is None else [gpu.name, gpu.compute_capability]}
+    cache_path = Path(timing_cache) if timing_cache else None
+    cache = _timing_cache(trt, config, cache_path, stamp)
+    plan = b.build_serialized_network(network, config)
+    if plan is None:
+        raise BackendError(f"{lib} failed to build a plan from {onnx_path} (see the log above): check the "
+                           f"workspace limit (--workspace) and the batch range (--batch).")
+    out_plan.parent.mkdir(parents=True, exist_ok=True)
+    _atomic_write(out_plan, bytes(plan))
+    if cache is not None and cache_path is not None:
+        _atomic_write(cache_path, bytes(cache.serialize()))
+        _atomic_write(cache_path.with_name(cache_path.name + ".json"), json.dumps(stamp).encode())
+    targets = []
+    if lib == "tensorrt_rtx" and hasattr(config, "num_compute_capabilities"):
+        targets = [_cc_name(config.get_compute_capability(i)) for i in range(config.num_compute_capabilities)]
+    info = PlanInfo(library=lib, trt_version=str(trt.__version__), precision=precision,
+                    gpu_name=None if gpu is None else gpu.name,
+                    compute_capability=None if gpu is None else gpu.compute_capability,
+                    target_compute_capabilities=[t for t in targets if t], profiles=profiles,
+                    workspace_bytes=int(workspace_bytes), onnx=source_name or onnx_path.name,
+                    conversion=conversion, segflow_version=__version__)
+    _atomic_write(sidecar_path(out_plan), info.to_json().encode())
+    return info
+
+
+def _set_targets(trt: ModuleType, config: Any, targets: tuple[str, ...]) -> None:
+    """TensorRT-RTX: compile for these compute capabilities (e.g. ``("7.5",)`` for Turing)."""
+    if not targets:
+        return
+    if library_name(trt) != "tensorrt_rtx":
+        raise InputError("--compute-capability applies to TensorRT-RTX builds only: full TensorRT builds for "
+                         "the GPU it runs on.")
+    config.num_compute_capabilities = len(targets)
+    for i, cc in enumerate(targets):
+        enum = getattr(trt.ComputeCapability, "SM" + cc.replace(".", ""), None)
+        if enum is None:
+            known = [_cc_name(v) for k, v in vars(trt.ComputeCapability).items() if k.startswith("SM")]
+            raise InputError(f"compute capability {cc} is not offered by {library_name(trt)} "
+                             f"{trt.__version__}: choose from {', '.join(sorted(filter(None, known)))}.")
+        config.set_compute_capability(enum, i)
+
+
+def _cc_name(cc: Any) -> str:
+    """``ComputeCapability.SM89`` -> ``"8.9"``; ``SM120`` -> ``"12.0"``; others (CURRENT, NONE) -> ``""``."""
+    m = re.search(r"SM(\d+)(\d)$", str(getattr(cc, "name", cc)))
+    return f"{int(m.group(1))}.{m.group(2)}" if m else ""
+
+
+@dataclass(frozen=True)
+class BuildResult:
+    """The files :func:`build_engine` wrote and their build records."""
+
+    field: Path
+    encoder: Path
+    card: Path
+    field_info: PlanInfo
+    encoder_info: PlanInfo
+
+
+def _plan_paths(out_plan: Path) -> tuple[Path, Path, Path]:
+    if out_plan.suffix != ".plan" or out_plan.name.endswith(".encoder.plan"):
+        raise InputError(f"--out {out_plan} must name the field plan, ending in .plan (e.g. flowsdf.plan).")
+    stem = out_plan.name[: -len(".plan")]
+    return out_plan, out_plan.with_name(f"{stem}.encoder.plan"), out_plan.with_name(f"{stem}.card.json")
+
+
+def _card_for(engine: Any) -> ModelCard:
+    if engine.card.exists():
+        return ModelCard.from_json(engine.card.read_text(), source=str(engine.card))
+    return card_from_onnx(engine.field)
+
+
+def build_engine(onnx_path: str | Path, out_plan: str | Path, *, precision: str = "fp32",
+                 batch: tuple[int, int, int] = DEFAULT_BATCH, workspace_bytes: int = DEFAULT_WORKSPACE,
+                 timing_cache: str | Path | None = None, builder: str = "auto", conversion: str = "auto",
+                 encoder_batch: tuple[int, int, int] | None = None,
+                 compute_capabilities: tuple[str, ...] = ()) -> BuildResult:
+    """Build ``NAME.plan``, ``NAME.encoder.plan`` and ``NAME.card.json`` from an exported FlowSDF/SSB model.
+
+    Parameters
+    ----------
+    onnx_path : str or Path
+        The field graph ``NAME.onnx`` (its encoder ``NAME.encoder.onnx`` must sit beside it).
+    out_plan : str or Path
+        ``OUT.plan``; the encoder plan and the card are written beside it.
+    precision : {"fp32", "fp16", "bf16"}
+        fp16/bf16 convert the ONNX first (ModelOpt AutoCast if installed, else segflow's cast pass).
+    batch : (min, opt, max)
+        Samples per field call (K x tiles) of the optimisation profile.
+    workspace_bytes : int
+        Workspace memory-pool limit.
+    timing_cache : path, optional
+        Timing cache file to reuse and update (full TensorRT only).
+    builder : {"auto", "tensorrt", "tensorrt_rtx"}
+        Library to build with (``auto``: whichever is installed, full TensorRT first).
+    conversion : {"auto", "modelopt", "segflow"}
+        Precision conversion method (see :mod:`segflow.runtime.autocast`).
+    encoder_batch : (min, opt, max), optional
+        Tiles per encoder call (default: ``batch``).
+    compute_capabilities : tuple of str
+        TensorRT-RTX target GPUs (default: the library's, 8.0/8.6/8.9/12.0 and later).
+    """
+    if precision not in PRECISIONS:
+        raise InputError(f"precision {precision!r} is unknown: choose one of {PRECISIONS}.")
+    import_trt(builder)  # fail fast, before any conversion work
+    engine = resolve_engine(onnx_path)
+    if engine.format != "onnx":
+        raise InputError(f"--onnx {onnx_path} must be an exported .onnx model, not a {engine.format} file.")
+    card = _card_for(engine)
+    field_plan, encoder_plan, card_path = _plan_paths(Path(out_plan))
+    infos = []
+    with tempfile.TemporaryDirectory(prefix="segflow-build-") as tmp:
+        for src, dst, rng in ((engine.field, field_plan, batch), (engine.encoder, encoder_plan, encoder_batch or batch)):
+            graph, used = src, "none"
+            if precision != "fp32":
+                graph = Path(tmp) / f"{src.stem}.{precision}.onnx"
+                used = convert_precision(src, graph, precision, method=conversion)
+            infos.append(build_plan(graph, dst, batch=rng, spatial=card.tile, workspace_bytes=workspace_bytes,
+                                    timing_cache=timing_cache, builder=builder, precision=precision,
+                                    conversion=used, source_name=src.name,
+                                    compute_capabilities=compute_capabilities))
+    _atomic_write(card_path, json.dumps(card.to_dict(), indent=1, sort_keys=True).encode())
+    return BuildResult(field_plan, encoder_plan, card_path, infos[0], infos[1])

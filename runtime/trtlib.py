@@ -1,0 +1,233 @@
+"""TensorRT / TensorRT-RTX plumbing shared by the engine builder and the TensorRT backend (no torch).
+
+* :func:`import_trt` imports ``tensorrt`` (data-centre GPUs) or ``tensorrt_rtx`` (RTX workstation GPUs)
+  lazily; both expose the same Python API shape (Builder, OnnxParser, Runtime, name-based execution).
+* :func:`gpu_info` names the current GPU and its compute capability (CuPy, else ``nvidia-smi``).
+* :class:`PlanInfo` is the JSON sidecar written beside every plan (``NAME.plan.json``): library, exact
+  TensorRT version, GPU, profile ranges, precision. Plans are tied to the TensorRT version and GPU that built
+  them, so :func:`check_plan` compares the sidecar with this machine *before* deserialising and refuses with
+  one sentence naming the rebuild command.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import importlib
+import json
+import shutil
+import subprocess
+from dataclasses import dataclass, field
+from pathlib import Path
+from types import ModuleType
+from typing import Any
+
+from segflow.errors import BackendError, MissingDependency, ModelCardError
+
+__all__ = ["LIBRARIES", "import_trt", "library_name", "GpuInfo", "gpu_info", "PlanInfo", "sidecar_path",
+           "check_plan", "RTX_DEFAULT_TARGETS", "rebuild_hint"]
+
+LIBRARIES = ("tensorrt", "tensorrt_rtx")
+BUILDERS = ("auto", *LIBRARIES)
+PLAN_SCHEMA = 1
+# Compute capabilities a TensorRT-RTX engine runs on by default (TensorRT-RTX docs, "CPU-only AOT").
+RTX_DEFAULT_TARGETS = ("8.0", "8.6", "8.9", "12.0")
+INSTALL_HINT = "pip install segflow[gpu]"
+
+
+def import_trt(builder: str = "auto") -> ModuleType:
+    """Import the TensorRT library for ``builder`` (``"auto"``: ``tensorrt``, else ``tensorrt_rtx``).
+
+    Raises
+    ------
+    MissingDependency
+        When the requested library (or, for ``"auto"``, neither) is installed.
+    """
+    if builder not in BUILDERS:
+        raise ValueError(f"unknown TensorRT builder {builder!r}: choose one of {BUILDERS}")
+    names = LIBRARIES if builder == "auto" else (builder,)
+    for name in names:
+        try:
+            return importlib.import_module(name)
+        except ImportError:
+            continue
+    what = "the `tensorrt` or `tensorrt_rtx` Python module, neither is" if builder == "auto" else \
+        f"the `{builder}` Python module, which is not"
+    raise MissingDependency(f"TensorRT engines need {what} installed: run `{INSTALL_HINT}` "
+                            f"(or `pip install segflow[gpu-trt]` for data-centre GPUs).")
+
+
+def library_name(trt: ModuleType) -> str:
+    """``"tensorrt"`` or ``"tensorrt_rtx"`` for an imported library module."""
+    return trt.__name__.split(".")[0]
+
+
+@dataclass(frozen=True)
+class GpuInfo:
+    """A GPU's marketing name and compute capability (``"8.9"``)."""
+
+    name: str
+    compute_capability: str
+
+
+def _gpu_from_cupy() -> GpuInfo | None:
+    try:
+        import cupy
+    except ImportError:
+        return None
+    try:
+        dev = cupy.cuda.Device()
+        props = cupy.cuda.runtime.getDeviceProperties(dev.id)
+    except Exception:  # noqa: BLE001 - no driver / no device
+        return None
+    name = props["name"].decode() if isinstance(props["name"], bytes) else str(props["name"])
+    return GpuInfo(name, f"{props['major']}.{props['minor']}")
+
+
+def parse_nvidia_smi(text: str) -> GpuInfo | None:
+    """Parse the first line of ``nvidia-smi --query-gpu=name,compute_cap --format=csv,noheader``."""
+    for line in text.splitlines():
+        parts = [p.strip() for p in line.rsplit(",", 1)]
+        if len(parts) == 2 and parts[0] and parts[1].replace(".", "", 1).isdigit():
+            return GpuInfo(parts[0], parts[1])
+    return None
+
+
+def _gpu_from_smi() -> GpuInfo | None:
+    exe = shutil.which("nvidia-smi")
+    if exe is None:
+        return None
+    try:
+        out = subprocess.run([exe, "--query-gpu=name,compute_cap", "--format=csv,noheader"], capture_output=True,
+                             text=True, timeout=20, check=False)
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return parse_nvidia_smi(out.stdout) if out.returncode == 0 else None
+
+
+def gpu_info() -> GpuInfo | None:
+    """The current GPU (device 0 / CuPy's current device), or None when no GPU is visible."""
+    return _gpu_from_cupy() or _gpu_from_smi()
+
+
+def sidecar_path(plan: str | Path) -> Path:
+    """``NAME.plan`` -> ``NAME.plan.json`` (the build record beside every plan)."""
+    p = Path(plan)
+    return p.with_name(p.name + ".json")
+
+
+@dataclass(frozen=True)
+class PlanInfo:
+    """What built a plan, written as JSON beside it.
+
+    Attributes
+    ----------
+    library : str
+        ``"tensorrt"`` or ``"tensorrt_rtx"``.
+    trt_version : str
+        Exact library version (plans are only valid for the same version).
+    precision : str
+        ``"fp32"``, ``"fp16"`` or ``"bf16"`` (carried by the ONNX graph; the network is strongly typed).
+    gpu_name, compute_capability : str or None
+        The building GPU (None for a CPU-only TensorRT-RTX build).
+    target_compute_capabilities : list of str
+        TensorRT-RTX only: the GPUs the engine is compiled for; empty for TensorRT (the building GPU only).
+    profiles : dict
+        ``{input: [min_shape, opt_shape, max_shape]}`` of optimisation profile 0.
+    workspace_bytes : int or None
+        Workspace memory-pool limit used for the build.
+    onnx : str
+        Name of the ONNX graph the plan was built from (after precision conversion, its source).
+    conversion : str
+        How the ONNX was converted (``"none"``, ``"modelopt"`` or ``"segflow"``).
+    """
+
+    library: str
+    trt_version: str
+    precision: str
+    gpu_name: str | None
+    compute_capability: str | None
+    target_compute_capabilities: list = field(default_factory=list)
+    profiles: dict = field(default_factory=dict)
+    workspace_bytes: int | None = None
+    onnx: str = ""
+    conversion: str = "none"
+    segflow_version: str = ""
+    schema: int = PLAN_SCHEMA
+
+    def to_json(self) -> str:
+        """Canonical JSON."""
+        return json.dumps(dataclasses.asdict(self), indent=1, sort_keys=True)
+
+    @classmethod
+    def read(cls, plan: str | Path) -> PlanInfo:
+        """Read the sidecar of ``plan``; one-sentence :class:`ModelCardError` if missing or unreadable."""
+        path = sidecar_path(plan)
+        if not path.is_file():
+            raise ModelCardError(f"plan {plan} has no build record {path.name} beside it: "
+                                 f"rebuild it with `runtime build` on this machine.")
+        try:
+            data = json.loads(path.read_text())
+            names = {f.name for f in dataclasses.fields(cls)}
+            return cls(**{k: v for k, v in data.items() if k in names})
+        except (json.JSONDecodeError, TypeError) as exc:
+            raise ModelCardError(f"build record {path} is unreadable ({type(exc).__name__}): "
+                                 f"rebuild the plan with `runtime build`.") from exc
+
+    def profile_range(self, name: str) -> tuple[list[int], list[int]] | None:
+        """``(min_shape, max_shape)`` of input ``name``, or None if it has no profile."""
+        shapes = self.profiles.get(name)
+        return (list(shapes[0]), list(shapes[2])) if shapes else None
+
+
+def rebuild_hint(plan: str | Path) -> str:
+    """The command that rebuilds ``plan`` here."""
+    p = Path(plan)
+    stem = p.name[: -len(".encoder.plan")] if p.name.endswith(".encoder.plan") else p.stem
+    return f"`runtime build --onnx {stem}.onnx --out {stem}.plan`"
+
+
+def _cc_tuple(cc: str) -> tuple[int, ...]:
+    return tuple(int(v) for v in cc.split("."))
+
+
+def check_plan(plan: str | Path, info: PlanInfo, library: str, version: str, gpu: GpuInfo | None) -> list[str]:
+    """Refuse a plan built for another library, TensorRT version or GPU; return warnings for lesser mismatches.
+
+    Raises
+    ------
+    BackendError
+        One sentence naming what the plan was built for, what this machine has, and the rebuild command.
+    """
+    hint = rebuild_hint(plan)
+    if info.library != library:
+        raise BackendError(f"plan {plan} was built with {info.library} but this machine runs {library}: "
+                           f"rebuild it with {hint}.")
+    if info.trt_version != version:
+        raise BackendError(f"plan {plan} was built with {library} {info.trt_version} but this machine has "
+                           f"{library} {version}: rebuild it here with {hint}.")
+    if gpu is None:
+        raise BackendError(f"plan {plan} needs an NVIDIA GPU, but none is visible (no driver or device): "
+                           f"run it on a GPU machine or pass the .onnx model to run on the CPU.")
+    warnings: list[str] = []
+    if library == "tensorrt_rtx":
+        targets = info.target_compute_capabilities or list(RTX_DEFAULT_TARGETS)
+        newest = max(targets, key=_cc_tuple)
+        ok = gpu.compute_capability in targets or (
+            not info.target_compute_capabilities and _cc_tuple(gpu.compute_capability) > _cc_tuple(newest))
+        if not ok:
+            raise BackendError(f"plan {plan} was compiled for compute capabilities {', '.join(targets)} but this "
+                               f"{gpu.name} is {gpu.compute_capability} (TensorRT-RTX lists no support for it): "
+                               f"use the .onnx model with the CUDA provider, or full TensorRT (`--builder tensorrt`).")
+        return warnings
+    if info.compute_capability != gpu.compute_capability:
+        raise BackendError(f"plan {plan} was built on {info.gpu_name} (compute {info.compute_capability}) but this "
+                           f"machine has {gpu.name} (compute {gpu.compute_capability}): rebuild it here with {hint}.")
+    if info.gpu_name != gpu.name:
+        warnings.append(f"plan {plan} was built on {info.gpu_name} and runs on {gpu.name} (same compute "
+                        f"capability {gpu.compute_capability}); rebuild it here for best speed.")
+    return warnings
+
+
+def describe_library(trt: Any) -> dict[str, str]:
+    """``{"library": ..., "version": ...}`` of an imported TensorRT module."""
+    return {"library": library_name(trt), "version": str(getattr(trt, "__version__", "unknown"))}
