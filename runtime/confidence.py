@@ -17,6 +17,7 @@ of the image. COIN's adaptive per-image threshold ``delta_k = min(mean + std, ca
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 from typing import Any
 
@@ -29,6 +30,7 @@ __all__ = [
     "adaptive_threshold",
     "best_match_iou",
     "filter_instances",
+    "filter_segmentation",
     "instance_confidence",
     "parse_min_confidence",
 ]
@@ -297,3 +299,28 @@ def filter_instances(labels: NDArray, scores: InstanceScores, threshold: float |
     if drop.size:
         out[np.isin(lab, drop)] = 0
     return out
+
+
+def filter_segmentation(seg: Any, threshold: float | str | None) -> tuple[Any, float | None]:
+    """Drop low-confidence instances from a runtime ``Segmentation`` (``runtime segment --min-confidence``).
+
+    Uses the ``confidence`` of each row in ``seg.instances``; returns ``(new_seg, threshold_used)`` with the
+    dropped instances removed from ``labels``, ``mask`` and ``instances`` (ids unchanged). ``threshold`` None
+    returns ``seg`` unchanged; ``"adaptive"`` uses :func:`adaptive_threshold` of this image's scores.
+    """
+    thr = parse_min_confidence(threshold)
+    if thr is None:
+        return seg, None
+    rows = list(seg.instances)
+    missing = [r["id"] for r in rows if "confidence" not in r]
+    if missing:
+        raise ValueError(f"instances {missing[:5]} have no confidence score: cannot filter by confidence")
+    conf = np.array([r["confidence"] for r in rows], np.float64)
+    if thr == "adaptive":
+        thr = adaptive_threshold(conf)
+    scores = InstanceScores(ids=np.array([r["id"] for r in rows], np.int64), confidence=conf,
+                            mean_std=np.full(len(rows), np.nan), area=np.zeros(len(rows), np.int64))
+    labels = filter_instances(seg.labels, scores, thr)
+    kept = tuple(r for r, c in zip(rows, conf, strict=True) if c >= thr)
+    mask = np.asarray(seg.mask) & ~((np.asarray(seg.labels) > 0) & (labels == 0))
+    return dataclasses.replace(seg, labels=labels, mask=mask, instances=kept), float(thr)

@@ -56,6 +56,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--label", type=int, default=0, help="SSB: annotator label (0 = unconditional)")
     p.add_argument("--ode", action="store_true", help="SSB: deterministic OT-ODE sampler")
     p.add_argument("--save-samples", action="store_true", help="also write the K samples as NAME_samples.tif")
+    p.add_argument("--min-confidence", default=None, metavar="FLOAT|adaptive",
+                   help="drop instances whose K-sample confidence is below FLOAT, or below COIN's per-image "
+                        "min(mean + std, 0.9) with 'adaptive' (default: keep all; docs/coin.md)")
     bar = p.add_mutually_exclusive_group()
     bar.add_argument("--progress", dest="progress", action="store_true", default=None, help="always show progress")
     bar.add_argument("--quiet", "-q", dest="progress", action="store_false", help="no progress bar or summary lines")
@@ -82,9 +85,14 @@ def _validate(paths: list[Path], segmenter) -> dict[Path, object]:
 def run(args: argparse.Namespace) -> int:
     """Segment every input; exit 0, or 2 with one sentence on a bad input (nothing partial is written)."""
     from segflow.runtime import wsi
+    from segflow.runtime.confidence import filter_segmentation, parse_min_confidence
     from segflow.runtime.outputs import write_segmentation
     from segflow.runtime.session import Segmenter
 
+    try:
+        parse_min_confidence(args.min_confidence)
+    except ValueError as exc:
+        raise InputError(f"{exc}: pass e.g. --min-confidence 0.5 or --min-confidence adaptive.") from None
     paths = list_images(args.inputs)
     slides = [p for p in paths if wsi.wants_slide(args, p)]  # streamed region by region (docs/wsi.md)
     paths = [p for p in paths if p not in slides]
@@ -105,6 +113,7 @@ def run(args: argparse.Namespace) -> int:
                     bar.update(done - bar.n)
 
                 result = seg(img, name=f"image {p}", progress=tick)
+            result, _ = filter_segmentation(result, args.min_confidence)
             write_segmentation(result, args.out, p.stem, input_path=p, input_shape=img.shape,
                                input_dtype=str(img.dtype), samples=args.save_samples)
             if args.progress is not False:
