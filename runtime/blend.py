@@ -23,7 +23,7 @@ from numpy.typing import NDArray
 
 from segflow.runtime.tiling import Tile
 
-__all__ = ["BLENDS", "blend_weights", "Blender", "accumulate"]
+__all__ = ["BLENDS", "blend_weights", "Blender", "accumulate", "seam_lines", "seam_ratio"]
 
 
 def _tent(size: int) -> NDArray[np.float64]:
@@ -119,3 +119,31 @@ class Blender:
         if not (self.wsum > 0).all():
             raise ValueError("some pixels were not covered by any tile")
         return (self.acc / self.wsum).astype(dtype)
+
+
+def seam_lines(plan: list[Tile], shape: tuple[int, int]) -> tuple[list[int], list[int]]:
+    """Rows and columns ``r`` where some tile's valid region starts or ends between ``r - 1`` and ``r``."""
+    rows, cols = set(), set()
+    for t in plan:
+        rows.update({t.y, t.y + t.valid[0]})
+        cols.update({t.x, t.x + t.valid[1]})
+    return sorted(r for r in rows if 0 < r < shape[0]), sorted(c for c in cols if 0 < c < shape[1])
+
+
+def seam_ratio(image: NDArray, plan: list[Tile]) -> float:
+    """Seam strength of a blended (H, W) map: mean |jump| across tile edges / mean |jump| between other pixels.
+
+    About 1 means tile edges are invisible (the map changes there as much as anywhere); a value well above 1
+    means seams. Needs no reference, so it applies to any model (docs/segment.md, benchmarks/bench_blend.py).
+    """
+    y = np.asarray(image, np.float64)
+    rows, cols = seam_lines(plan, y.shape)
+    dy, dx = np.abs(np.diff(y, axis=0)), np.abs(np.diff(y, axis=1))  # dy[r-1] is the jump between r-1 and r
+    on_y, on_x = np.zeros(dy.shape[0], bool), np.zeros(dx.shape[1], bool)
+    on_y[[r - 1 for r in rows]] = True
+    on_x[[c - 1 for c in cols]] = True
+    seam = np.concatenate([dy[on_y].ravel(), dx[:, on_x].ravel()])
+    rest = np.concatenate([dy[~on_y].ravel(), dx[:, ~on_x].ravel()])
+    if seam.size == 0 or rest.size == 0:
+        return 1.0
+    return float(seam.mean() / max(rest.mean(), 1e-12))
