@@ -49,7 +49,8 @@ from numpy.typing import NDArray
 from segflow.runtime.integrators import array_namespace
 
 __all__ = ["BridgeSchedule", "bridge_schedule", "schedule_from_bridge", "sampling_grid", "bridge_nfe",
-           "default_x1_recipe", "x1_mean", "x1_from_image", "guided_output", "sample_bridge", "NULL_LABEL"]
+           "default_x1_recipe", "projection_weights", "x1_mean", "x1_from_image", "guided_output",
+           "sample_bridge", "NULL_LABEL", "LUMINANCE"]
 
 NULL_LABEL = 0
 DEFAULT_BETA_MIN = 1e-4
@@ -154,14 +155,30 @@ def bridge_nfe(steps: int, guidance: float = 0.0) -> int:
     return int(steps) * (2 if guidance else 1)
 
 
-def default_x1_recipe(in_channels: int, *, scale: float = 1.0, noise: float = 0.2) -> dict:
-    """The default X1 recipe: a fixed luminance projection of the normalised image plus Gaussian noise.
+def default_x1_recipe(*, scale: float = 1.0, noise: float = 0.2) -> dict:
+    """The default X1 recipe: a fixed projection of the normalised image to one channel plus Gaussian noise.
 
-    ``X1 = scale * sum_c weights[c] * image[c] + noise * z`` with the image in [-1, 1] (``segflow.normalize``)
-    and ``weights`` = (1,) for grayscale, the Rec. 601 luminance (0.299, 0.587, 0.114) for RGB.
+    ``X1 = scale * sum_c w_c * image[c] + noise * z`` with the image in [-1, 1] (``segflow.normalize``) and
+    ``w`` = (1,) for grayscale, the Rec. 601 luminance (0.299, 0.587, 0.114) for RGB (see
+    :func:`projection_weights`; a recipe may also carry its own ``weights`` list).
     """
-    weights = [1.0] if in_channels == 1 else [0.299, 0.587, 0.114]
-    return {"name": "project", "weights": weights, "scale": float(scale), "noise": float(noise)}
+    return {"name": "project", "scale": float(scale), "noise": float(noise)}
+
+
+LUMINANCE = (0.299, 0.587, 0.114)
+
+
+def projection_weights(recipe: dict, channels: int) -> list[float]:
+    """The projection weights of ``recipe`` for images with ``channels`` channels."""
+    if recipe.get("weights") is not None:
+        w = [float(v) for v in recipe["weights"]]
+    elif channels in (1, 3):
+        w = [1.0] if channels == 1 else list(LUMINANCE)
+    else:
+        raise ValueError(f"the default X1 projection needs 1 or 3 image channels, got {channels}")
+    if len(w) != channels:
+        raise ValueError(f"images must be (B, {len(w)}, H, W) for this X1 recipe, got {channels} channels")
+    return w
 
 
 def _recipe(card_or_bridge: Any) -> dict:
@@ -175,9 +192,9 @@ def _recipe(card_or_bridge: Any) -> dict:
 def x1_mean(images: Any, recipe: dict, xp: Any = None) -> Any:
     """Noise-free part of X1 for normalised images (B, C, H, W): returns (B, 1, H, W) float32."""
     xp = xp if xp is not None else array_namespace(images)
-    w = [float(v) for v in recipe["weights"]]
-    if images.ndim != 4 or images.shape[1] != len(w):
-        raise ValueError(f"images must be (B, {len(w)}, H, W) for this X1 recipe, got {tuple(images.shape)}")
+    if images.ndim != 4:
+        raise ValueError(f"images must be (B, C, H, W), got shape {tuple(images.shape)}")
+    w = projection_weights(recipe, images.shape[1])
     proj = sum(wc * images[:, c:c + 1] for c, wc in enumerate(w))
     return (float(recipe.get("scale", 1.0)) * proj).astype(xp.float32)
 

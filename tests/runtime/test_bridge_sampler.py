@@ -17,7 +17,7 @@ from segflow.card import ModelCard
 
 N, BETA_MAX = 20, 0.6
 SCHED = bridge_schedule(N, BETA_MAX)
-BRIDGE = {"n_timesteps": N, "beta_max": BETA_MAX, "n_labels": 3, "x1": default_x1_recipe(1)}
+BRIDGE = {"n_timesteps": N, "beta_max": BETA_MAX, "n_labels": 3, "x1": default_x1_recipe()}
 
 
 class Oracle:
@@ -182,16 +182,18 @@ def test_ancestral_needs_rng_and_unconditional_label_zero(x0_x1):
 
 
 def test_x1_from_image_projection_and_noise():
-    card = ModelCard(kind="ssb", in_channels=3, tile=16, bridge={**BRIDGE, "x1": default_x1_recipe(3, noise=0.0)})
+    card = ModelCard(kind="ssb", in_channels=3, tile=16, bridge={**BRIDGE, "x1": default_x1_recipe(noise=0.0)})
     img = np.random.default_rng(0).uniform(-1, 1, (2, 3, 16, 16)).astype(np.float32)
     x1 = x1_from_image(img, card, rng=np.random.default_rng(0))
     np.testing.assert_allclose(x1[:, 0], 0.299 * img[:, 0] + 0.587 * img[:, 1] + 0.114 * img[:, 2], atol=1e-6)
-    noisy = {**BRIDGE, "x1": default_x1_recipe(1, scale=-1.0, noise=0.5)}
+    noisy = {**BRIDGE, "x1": default_x1_recipe(scale=-1.0, noise=0.5)}
     flat = np.zeros((4, 1, 32, 32), np.float32)
     x1 = x1_from_image(flat + 0.25, noisy, rng=np.random.default_rng(1))
     assert x1.shape == (4, 1, 32, 32) and x1.dtype == np.float32
     assert x1.mean() == pytest.approx(-0.25, abs=0.03) and x1.std() == pytest.approx(0.5, rel=0.05)
     with pytest.raises(ValueError, match="images must be"):
-        x1_from_image(img, noisy, rng=np.random.default_rng(0))
+        x1_from_image(img, {"x1": {**noisy["x1"], "weights": [1.0]}}, rng=np.random.default_rng(0))
+    with pytest.raises(ValueError, match="1 or 3 image channels"):
+        x1_from_image(img[:, :2], noisy, rng=np.random.default_rng(0))
     with pytest.raises(ValueError, match="X1 recipe"):
         x1_from_image(flat, {"n_timesteps": 5}, rng=np.random.default_rng(0))
