@@ -239,10 +239,12 @@ class Segmenter:
     # -- streaming -----------------------------------------------------------------------------------------------
     def prepare(self, image: NDArray, *, name: str = "image") -> tuple[NDArray, tuple[float, float]]:
         """Check an image and return it as (H, W, C) per the card, with its normalisation statistics."""
-        img = np.asarray(image)
-        _check_dtype(img, name)
-        img = as_channels(img, self.card.in_channels, name=name)
-        return img, norm_stats(img, self.card.normalisation)
+        raw = np.asarray(image)
+        _check_dtype(raw, name)
+        img = as_channels(raw, self.card.in_channels, name=name)
+        # RGB -> gray turns integer images into float luminance: keep the input dtype's scale for "dtype" mode
+        spec = self.card.normalisation
+        return img, norm_stats(raw if spec.get("mode") == "dtype" else img, spec)
 
     def predict_tiles(self, tiles: Iterable[tuple[Tile, NDArray]], *, stats: tuple[float, float],
                       seed: int | None = None, progress: Callable[[int], None] | None = None, cancel: Callable[[], bool] | None = None,

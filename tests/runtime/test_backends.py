@@ -1,0 +1,124 @@
+"""Backend protocol and the ONNX Runtime backend, checked against the tiny engines' numpy references."""
+
+from __future__ import annotations
+
+import threading
+
+import numpy as np
+import pytest
+
+from segflow.errors import BackendError, ModelCardError
+from segflow.runtime.backends import open_backend
+from segflow.runtime.backends.base import TensorMeta, check_feed
+from segflow.runtime.backends.onnxrt import OrtBackend, available_providers, physical_cores, providers_for
+
+GRAPHS = ["negx.onnx", "const.onnx", "dirac.onnx", "dirac_rgb.onnx", "blur.onnx", "negx.encoder.onnx",
+          "dirac_rgb.encoder.onnx", "blur.encoder.onnx"]
+
+
+@pytest.mark.parametrize("name", GRAPHS)
+def test_ort_matches_numpy_reference(models_dir, models_meta, name):
+    with OrtBackend(models_dir / name, device="cpu", threads=1) as b:
+        models_meta.check_backend(name, b)
+        assert b.calls == 2 and b.seconds > 0
+
+
+def test_metadata_and_card(models_dir):
+    with open_backend(models_dir / "dirac.onnx", device="cpu") as b:
+        ins = b.input_metadata()
+        assert list(ins) == ["x", "t", "features"]
+        assert ins["features"] == TensorMeta("features", np.dtype(np.float32), (None, 2, None, None))
+        assert ins["x"].describe() == "x: float32[?, 1, ?, ?]"
+        assert list(b.output_metadata()) == ["out"]
+        assert '"kind": "flowsdf"' in b.metadata()["segflow.card"]
+        assert b.describe()["providers"] == ["CPUExecutionProvider"]
+
+
+def test_feed_validation(models_dir, models_meta):
+    feed = models_meta.random_feed("dirac.onnx")
+    with OrtBackend(models_dir / "dirac.onnx", device="cpu") as b:
+        with pytest.raises(BackendError, match="expects inputs"):
+            b.infer({k: v for k, v in feed.items() if k != "t"})
+        with pytest.raises(BackendError, match="float32"):
+            b.infer({**feed, "t": feed["t"].astype(np.float64)})
+        with pytest.raises(BackendError, match="features"):
+            b.infer({**feed, "features": feed["features"][:, :1]})
+        with pytest.raises(BackendError, match="shape"):
+            b.infer({**feed, "x": feed["x"][0]})
+
+
+def test_check_feed_static_dims():
+    meta = {"a": TensorMeta("a", np.dtype(np.float32), (None, 3))}
+    check_feed({"a": np.zeros((5, 3), np.float32)}, meta)
+    with pytest.raises(BackendError):
+        check_feed({"a": np.zeros((5, 4), np.float32)}, meta)
+
+
+def test_lifecycle(models_dir, models_meta):
+    b = OrtBackend(models_dir / "negx.onnx", device="cpu")
+    with pytest.raises(BackendError, match="not active"):
+        b.infer(models_meta.random_feed("negx.onnx"))
+    with b:
+        assert b.is_active
+        with pytest.raises(BackendError, match="already active"):
+            b.activate()
+    assert not b.is_active
+    b.close()  # idempotent
+
+
+def test_missing_or_corrupt_model(tmp_path):
+    with pytest.raises(ModelCardError, match="does not exist"):
+        OrtBackend(tmp_path / "nope.onnx").activate()
+    bad = tmp_path / "bad.onnx"
+    bad.write_bytes(b"not a model")
+    with pytest.raises(ModelCardError, match="not a readable ONNX"):
+        OrtBackend(bad).activate()
+
+
+def test_providers():
+    assert providers_for("cpu") == ["CPUExecutionProvider"]
+    assert providers_for("auto")[-1] == "CPUExecutionProvider"
+    with pytest.raises(BackendError, match="unknown device"):
+        providers_for("tpu")
+
+
+@pytest.mark.skipif("CUDAExecutionProvider" in available_providers(), reason="CUDA provider installed")
+def test_cuda_request_never_falls_back_silently(models_dir):
+    with pytest.raises(BackendError, match="CPUExecutionProvider"):
+        OrtBackend(models_dir / "negx.onnx", device="cuda").activate()
+
+
+def test_threads_and_cores(models_dir):
+    assert physical_cores() >= 1
+    with OrtBackend(models_dir / "negx.onnx", device="cpu", threads=1) as b:
+        assert b.describe()["threads"] == 1
+
+
+def test_open_backend_by_suffix(models_dir, tmp_path):
+    assert isinstance(open_backend(models_dir / "negx.onnx"), OrtBackend)
+    with pytest.raises(BackendError, match="suffix"):
+        open_backend(tmp_path / "model.pt")
+    with pytest.raises(BackendError, match="ONNX Runtime cannot run"):
+        open_backend(tmp_path / "model.plan", kind="onnxrt")
+    with pytest.raises(BackendError, match="unknown backend kind"):
+        open_backend(models_dir / "negx.onnx", kind="openvino")
+
+
+def test_concurrent_infer_is_safe(models_dir, models_meta):
+    feeds = [models_meta.random_feed("dirac.onnx", seed=s) for s in range(4)]
+    with OrtBackend(models_dir / "dirac.onnx", device="cpu", threads=1) as b:
+        expected = [b.infer(f)["out"] for f in feeds]
+        got = [None] * 4
+
+        def work(i):
+            for _ in range(5):
+                got[i] = b.infer(feeds[i])["out"]
+
+        threads = [threading.Thread(target=work, args=(i,)) for i in range(4)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        for e, g in zip(expected, got, strict=True):
+            np.testing.assert_array_equal(e, g)
+        assert b.calls == 4 + 20
