@@ -1,0 +1,232 @@
+"""Device-resident FlowSDF sampling: state, encoder features and noise stay on the GPU for every step and sample.
+
+The runtime's integrators (:mod:`segflow.runtime.integrators`) and FlowSDF sampler
+(:func:`segflow.runtime.sampling.flowsdf_sample`) are written over an array namespace; here that namespace is
+CuPy (``xp=cupy``) and the backends return device arrays (``infer(..., to_host=False)``): the TensorRT backend
+or ONNX Runtime's CUDA provider with I/O binding. Tiles are normalised on the host and uploaded once; the
+encoder runs once per tile; the K samples' noise is uploaded (``noise="host"``: bit-identical to the CPU
+sampler's seeded noise) or drawn on the device (``noise="device"``: CuPy's generator, reproducible for the same
+batching); tiles are blended into device canvases, and the mean SDF, spread and foreground probability are
+reduced on the device. Only the final maps come back to the host.
+
+Every function also runs with ``xp=numpy`` and CPU backends — the tests check it against the CPU sampler
+through exactly these code paths.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from numpy.typing import NDArray
+
+from segflow.normalize import apply_norm
+from segflow.runtime import instances as _instances
+from segflow.runtime.blend import accumulate, blend_weights
+from segflow.runtime.sampling import FlowSDFSampler, SamplerStats, flowsdf_sample, tile_noise
+from segflow.runtime.session import Segmentation, Segmenter
+from segflow.runtime.tiling import extract_tile, plan_tiles
+
+__all__ = ["DeviceField", "DeviceFlowSDFSampler", "DeviceSegmenter", "reduce_samples", "NOISE_MODES", "to_host"]
+
+NOISE_MODES = ("host", "device")
+
+
+def to_host(a: Any) -> NDArray:
+    """A numpy copy of a numpy or CuPy array."""
+    return a.get() if hasattr(a, "get") and not isinstance(a, np.ndarray) else np.asarray(a)
+
+
+class DeviceField:
+    """``f(x, t) -> v`` over a backend, features bound, everything in namespace ``xp``.
+
+    The output is copied out of the backend's (reusable) buffer, so multi-stage methods (Heun, RK4) can keep
+    several evaluations alive at once.
+    """
+
+    def __init__(self, backend: Any, features: Any, xp: Any) -> None:
+        self.backend, self.features, self.xp = backend, features, xp
+        self.calls = 0
+
+    def __call__(self, x: Any, t: float) -> Any:
+        xp = self.xp
+        feed = {"x": x, "t": xp.full((x.shape[0],), t, dtype=xp.float32), "features": self.features}
+        self.calls += 1
+        return xp.array(self.backend.infer(feed, to_host=xp is np, check=False)["out"], copy=True)
+
+
+class DeviceFlowSDFSampler(FlowSDFSampler):
+    """:class:`~segflow.runtime.sampling.FlowSDFSampler` whose arrays live in ``xp`` (CuPy on the GPU).
+
+    Parameters
+    ----------
+    field_backend, encoder_backend : Backend
+        Active backends returning ``xp`` arrays with ``to_host=False``.
+    settings : SamplingSettings
+    sigma_min : float
+    xp : module
+        ``cupy`` (default when importable) or ``numpy``.
+    noise : {"host", "device"}
+        Where the noise is drawn (see the module docstring).
+    """
+
+    def __init__(self, field_backend: Any, encoder_backend: Any, settings: Any, *, sigma_min: float,
+                 xp: Any = None, noise: str = "host") -> None:
+        super().__init__(field_backend, encoder_backend, settings, sigma_min=sigma_min)
+        if noise not in NOISE_MODES:
+            raise ValueError(f"noise must be one of {NOISE_MODES}, got {noise!r}")
+        if xp is None:
+            import cupy as xp
+        self.xp, self.noise = xp, noise
+
+    def _noise(self, seed: int, indices: list[int], chunk: list[tuple[int, int]], size: int, it: int) -> Any:
+        xp = self.xp
+        if self.noise == "host":
+            return xp.asarray(np.stack([tile_noise(seed, indices[i], k, (1, size, size), iteration=it)
+                                        for i, k in chunk]))
+        ids = [v for i, k in chunk for v in (indices[i], k)]
+        state = int(np.random.SeedSequence([int(seed), int(it), *ids]).generate_state(1, np.uint64)[0])
+        return xp.random.default_rng(state).standard_normal((len(chunk), 1, size, size), dtype=xp.float32)
+
+    def sample_device(self, images: NDArray[np.float32], indices: list[int], stats: SamplerStats | None = None,
+                      *, seed: int | None = None) -> Any:
+        """Samples (n, K, T, T) in ``xp`` for normalised tiles ``images`` (n, C, T, T) with plan ``indices``."""
+        xp, s = self.xp, self.settings
+        seed = s.seed if seed is None else int(seed)
+        stats = stats if stats is not None else SamplerStats()
+        t0 = time.perf_counter()
+        feats = self.encoder.infer({"image": xp.asarray(np.ascontiguousarray(images))}, to_host=xp is np)
+        feats = xp.array(feats["features"], copy=True)
+        stats.encoder_s += time.perf_counter() - t0
+        stats.encoder_tiles += len(images)
+        n, size = images.shape[0], images.shape[-1]
+        pairs = [(i, k) for i in range(n) for k in range(s.samples)]
+        out = xp.empty((n, s.samples, size, size), dtype=xp.float32)
+        for lo in range(0, len(pairs), s.batch):
+            chunk = pairs[lo:lo + s.batch]
+            rows, ks = xp.asarray([i for i, _ in chunk]), xp.asarray([k for _, k in chunk])
+            f = DeviceField(self.field, xp.ascontiguousarray(feats[rows]), xp)
+            t0 = time.perf_counter()
+            x1 = flowsdf_sample(f, self._noise(seed, indices, chunk, size, 0), steps=s.steps, method=s.method,
+                                noise_iterations=s.noise_iterations, renoise_t=s.renoise_t,
+                                sigma_min=self.sigma_min,
+                                renoise=lambda it, chunk=chunk: self._noise(seed, indices, chunk, size, it))
+            out[rows, ks] = x1[:, 0]
+            stats.field_s += time.perf_counter() - t0
+            stats.field_calls += f.calls
+            stats.sample_evals += f.calls * len(chunk)
+        return out
+
+    def sample(self, images: NDArray[np.float32], indices: list[int], stats: SamplerStats | None = None, *,
+               seed: int | None = None) -> NDArray[np.float32]:
+        """Host copy of :meth:`sample_device` (drop-in for the CPU sampler)."""
+        return to_host(self.sample_device(images, indices, stats, seed=seed))
+
+
+def reduce_samples(sample_sdfs: Any, threshold: float, xp: Any = np) -> tuple[Any, Any, Any]:
+    """Mean SDF, population std and foreground probability over the K axis of (K, H, W) samples, float32.
+
+    Examples
+    --------
+    >>> m, s, p = reduce_samples(np.array([[[0.5]], [[-0.5]]], np.float32), 0.0)
+    >>> float(m[0, 0]), float(s[0, 0]), float(p[0, 0])
+    (0.0, 0.5, 0.5)
+    """
+    mean = sample_sdfs.mean(axis=0, dtype=xp.float64).astype(xp.float32)
+    std = sample_sdfs.std(axis=0, dtype=xp.float64).astype(xp.float32)
+    prob = (sample_sdfs <= threshold).mean(axis=0, dtype=xp.float64).astype(xp.float32)
+    return mean, std, prob
+
+
+class DeviceSegmenter(Segmenter):
+    """A :class:`~segflow.runtime.session.Segmenter` that samples, blends and reduces on the GPU.
+
+    ``.plan`` engines run on :class:`~segflow.runtime.backends.tensorrt.TensorRTBackend`, ``.onnx`` engines on
+    :class:`~segflow.runtime.backends.ort_cuda.OrtCudaBackend` (``xp=numpy`` uses the CPU ONNX Runtime backend,
+    for tests). SSB engines keep the host sampler. Keyword arguments are the Segmenter's, plus ``noise``,
+    ``cuda_graph`` and ``xp``.
+    """
+
+    def __init__(self, engine: str | Path, *, noise: str = "host", cuda_graph: bool = False, xp: Any = None,
+                 **kwargs: Any) -> None:
+        if xp is None:
+            import cupy as xp
+        self.xp, self._cuda_graph = xp, cuda_graph
+        super().__init__(engine, **kwargs)
+        if self.card.kind == "flowsdf":
+            self.sampler = DeviceFlowSDFSampler(self._field, self._encoder, self.settings, xp=xp, noise=noise,
+                                                sigma_min=self.card.sigma_min)
+
+    def _open_backends(self, backend: str, threads: int | None) -> tuple[Any, Any]:
+        from segflow.runtime.backends.onnxrt import OrtBackend
+
+        if self.paths.format == "plan":
+            from segflow.runtime.backends.tensorrt import TensorRTBackend
+
+            make = lambda p: TensorRTBackend(p, cuda_graph=self._cuda_graph)  # noqa: E731
+        elif self.xp is np:
+            make = lambda p: OrtBackend(p, device="cpu", threads=threads)  # noqa: E731
+        else:
+            from segflow.runtime.backends.ort_cuda import OrtCudaBackend
+
+            make = lambda p: OrtCudaBackend(p, threads=threads)  # noqa: E731
+        opened = []
+        try:
+            for path in (self.paths.field, self.paths.encoder):
+                opened.append(make(path).activate())
+        except BaseException:
+            for b in opened:
+                b.deactivate()
+            raise
+        return opened[0], opened[1]
+
+    def __call__(self, image: NDArray, *, seed: int | None = None, name: str = "image", progress: Any = None,
+                 cancel: Any = None) -> Segmentation:
+        """Segment one image; same result fields as :meth:`Segmenter.__call__`."""
+        if not isinstance(self.sampler, DeviceFlowSDFSampler):
+            return super().__call__(image, seed=seed, name=name, progress=progress, cancel=cancel)
+        xp, t_start = self.xp, time.perf_counter()
+        seed = self.settings.seed if seed is None else int(seed)
+        img, stats = self.prepare(image, name=name)
+        plan = plan_tiles(img.shape, self.card.tile, self.stride)
+        t_norm = time.perf_counter() - t_start
+        acc = xp.zeros((self.settings.samples, *img.shape[:2]), dtype=xp.float64)
+        wsum = xp.zeros(img.shape[:2], dtype=xp.float64)
+        weights = xp.asarray(blend_weights(self.card.tile, self.blend))
+        sstats, group = SamplerStats(), self.sampler.tiles_per_group()
+        for lo in range(0, len(plan), group):
+            chunk = plan[lo:lo + group]
+            tiles = np.stack([np.moveaxis(apply_norm(extract_tile(img, t), stats), -1, 0) for t in chunk])
+            samples = self.sampler.sample_device(tiles, [t.index for t in chunk], sstats, seed=seed)
+            for tile, values in zip(chunk, samples, strict=True):
+                accumulate(acc, wsum, tile, values, weights)
+            if progress is not None:
+                progress(lo + len(chunk), len(plan))
+        t0 = time.perf_counter()
+        sample_dev = (acc / wsum).astype(xp.float32)
+        maps = [to_host(a) for a in (sample_dev, *reduce_samples(sample_dev, self.card.threshold, xp))]
+        t_reduce = time.perf_counter() - t0
+        result = self._finish_maps(*maps, seed=seed)
+        timings = {"normalise_s": t_norm, "encoder_s": sstats.encoder_s, "field_s": sstats.field_s,
+                   "blend_s": t_reduce, **result.pop("timings"), "tiles": len(plan),
+                   "encoder_tiles": sstats.encoder_tiles, "field_calls": sstats.field_calls,
+                   "sample_evaluations": sstats.sample_evals, "total_s": time.perf_counter() - t_start}
+        return Segmentation(sample_sdfs=maps[0], timings=timings, **result)
+
+    def _finish_maps(self, sample_sdfs: NDArray, mean: NDArray, std: NDArray, prob: NDArray, *, seed: int
+                     ) -> dict[str, Any]:
+        thr = self.card.threshold
+        t0 = time.perf_counter()
+        labels = _instances.instances_from_sdf(mean, method=self.instance_method, threshold=thr)
+        t_inst = time.perf_counter() - t0
+        t0 = time.perf_counter()
+        rows = _instances.instance_table(labels, mean, std, sample_sdfs, threshold=thr)
+        t_conf = time.perf_counter() - t0
+        s = self.settings
+        return {"labels": labels, "mean_sdf": mean, "std": std, "prob": prob, "mask": mean <= thr,
+                "samples": s.samples, "steps": s.steps, "method": s.method, "nfe": self.nfe,
+                "noise_iterations": s.noise_iterations, "seed": seed, "stride": self.stride, "blend": self.blend,
+                "instance_method": self.instance_method, "backend": self.backend_info, "card": self.card,
+                "instances": tuple(rows), "timings": {"instances_s": t_inst, "instance_table_s": t_conf}}
