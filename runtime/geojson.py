@@ -183,7 +183,8 @@ def validate_feature_collection(obj: Any) -> int:
                 and len(cls["color"]) == 3 and all(isinstance(c, int) and 0 <= c <= 255 for c in cls["color"])):
             raise ValueError(f"{where} needs classification {{'name': str, 'color': [r, g, b]}}")
         meas = props.get("measurements")
-        if not isinstance(meas, dict) or not all(isinstance(v, int | float) and math.isfinite(v) for v in meas.values()):
+        finite = isinstance(meas, dict) and all(isinstance(v, int | float) and math.isfinite(v) for v in meas.values())
+        if not finite:
             raise ValueError(f"{where} needs measurements as a flat {{name: finite number}} object")
     return len(obj["features"])
 

@@ -61,7 +61,8 @@ class SlideReader:
     def level(self, index: int) -> Level:
         """Return level ``index`` or raise :class:`InputError` naming the levels the slide has."""
         if not 0 <= index < len(self.levels):
-            raise InputError(f"slide {self.path} has no pyramid level {index}: it has levels 0..{len(self.levels) - 1}.")
+            last = len(self.levels) - 1
+            raise InputError(f"slide {self.path} has no pyramid level {index}: it has levels 0..{last}.")
         return self.levels[index]
 
     def read_region(self, x: int, y: int, w: int, h: int, *, level: int = 0) -> NDArray:

@@ -26,9 +26,9 @@ from dataclasses import dataclass
 import numpy as np
 from numpy.typing import NDArray
 from scipy import ndimage as ndi
+from segflow.runtime.slide import SlideReader
 
 from segflow.normalize import dtype_scale
-from segflow.runtime.slide import SlideReader
 
 __all__ = ["TissueMask", "detect_tissue", "tissue_mask", "thumbnail"]
 

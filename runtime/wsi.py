@@ -35,16 +35,16 @@ from typing import Any
 
 import numpy as np
 from numpy.typing import NDArray
-
-from segflow.errors import InputError, require
-from segflow.imageio import write_json
-from segflow.normalize import as_channels, norm_stats
 from segflow.runtime import geojson, instances
 from segflow.runtime.blend import accumulate, blend_weights
 from segflow.runtime.ometiff import _check_writable, write_ome_pyramid
 from segflow.runtime.slide import LevelView, SlideReader, choose_level
 from segflow.runtime.tiling import Tile, axis_starts, pad_to_tile
 from segflow.runtime.tissue import thumbnail, tissue_mask
+
+from segflow.errors import InputError, require
+from segflow.imageio import write_json
+from segflow.normalize import as_channels, norm_stats
 
 __all__ = ["SlideOptions", "SlideSegmentation", "segment_slide", "parse_roi", "add_arguments", "wants_slide",
            "run_slides", "OUTPUTS"]
@@ -121,7 +121,7 @@ def parse_roi(text: str | None) -> tuple[int, int, int, int] | None:
     try:
         x, y, w, h = (int(v) for v in text.split(","))
     except ValueError:
-        raise InputError(f"--roi {text!r} is not four integers x,y,w,h: write e.g. --roi 1000,2000,4096,4096.")
+        raise InputError(f"--roi {text!r} is not four integers x,y,w,h: write e.g. --roi 1000,2000,4096,4096.") from None
     if w <= 0 or h <= 0 or x < 0 or y < 0:
         raise InputError(f"--roi {text!r} needs x, y >= 0 and w, h > 0.")
     return x, y, w, h
@@ -446,8 +446,9 @@ def run_slides(seg: Any, paths: list[Path], args: Any) -> None:
     """Segment each slide with a progress bar (tiles done, time left); print one line per slide."""
     import sys
 
-    from segflow.progress import Progress
     from segflow.runtime.slide import open_slide
+
+    from segflow.progress import Progress
 
     opts = _options(args)
     for i, p in enumerate(paths, start=1):
