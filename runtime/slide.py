@@ -253,12 +253,16 @@ class OpenSlideReader(SlideReader):
 
 
 def open_slide(path: str | Path) -> SlideReader:
-    """Open a slide with tifffile when it is a TIFF flavour, else with OpenSlide (optional extra)."""
+    """Open a slide with tifffile when it is a TIFF flavour, PNG/JPEG/BMP in memory, else with OpenSlide."""
     p = Path(path)
     if not p.exists():
         raise InputError(f"slide {p} does not exist: check the path.")
     if p.suffix.lower() in TIFF_SUFFIXES:
         return TiffSlide(p)
+    if p.suffix.lower() in (".png", ".jpg", ".jpeg", ".bmp"):  # small formats: read whole, serve regions
+        from segflow.imageio import read_image
+
+        return ArrayReader(read_image(p), name=str(p))
     return OpenSlideReader(p)
 
 

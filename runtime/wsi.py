@@ -121,7 +121,7 @@ def parse_roi(text: str | None) -> tuple[int, int, int, int] | None:
     try:
         x, y, w, h = (int(v) for v in text.split(","))
     except ValueError:
-        raise InputError(f"--roi {text!r} is not four integers x,y,w,h: write e.g. --roi 1000,2000,4096,4096.") from None
+        raise InputError(f"--roi {text!r} is not four integers x,y,w,h: write e.g. --roi 0,0,4096,4096.") from None
     if w <= 0 or h <= 0 or x < 0 or y < 0:
         raise InputError(f"--roi {text!r} needs x, y >= 0 and w, h > 0.")
     return x, y, w, h

@@ -162,3 +162,26 @@ def test_unwritable_output_folder(seg, slide, tmp_path):
     with open_slide(slide) as reader, pytest.raises(InputError, match="not writable"):
         segment_slide(seg, reader, blocker / "out")
     assert sorted(os.listdir(tmp_path)) == ["a-file"]
+
+
+def test_cli_routes_slides_and_rejects_bad_ones(seg, slide, tmp_path, capsys):
+    from segflow.runtime.cli import main
+
+    engine = str(seg.paths.field)
+    out = tmp_path / "out"
+    args = ["segment", "--engine", engine, "--samples", "1", "--steps", "1", "--threads", "1", "-q", "--out"]
+    assert main([*args, str(out), str(slide), "--roi", "0,0,64,48", "--block", "64", "--no-tissue"]) == 0
+    assert sorted(q.name for q in out.iterdir()) == ["s.geojson", "s.json", "s_labels.ome.tif", "s_prob.ome.tif",
+                                                      "s_sdf.ome.tif", "s_std.ome.tif"]
+    summary = json.loads((out / "s.json").read_text())
+    assert summary["roi"] == [0, 0, 64, 48] and summary["samples"] == 1
+    cut = tmp_path / "cut.ome.tif"
+    cut.write_bytes(slide.read_bytes()[: slide.stat().st_size // 2])
+    bad = tmp_path / "bad"
+    for extra, text in [([str(cut)], "truncated|not a readable"), ([str(slide), "--roi", "0,0,9999,10"], "outside"),
+                        ([str(slide), "--level", "4"], "no pyramid level 4"), ([str(slide), "--roi", "1,2"], "four")]:
+        capsys.readouterr()
+        assert main([*args, str(bad), *extra]) == 2
+        err = capsys.readouterr().err.strip()
+        assert len(err.splitlines()) == 1 and __import__("re").search(text, err)
+        assert not bad.exists() or not list(bad.iterdir())
