@@ -20,7 +20,6 @@ from functools import lru_cache
 
 import numpy as np
 from numpy.typing import NDArray
-
 from segflow.runtime.tiling import Tile
 
 __all__ = ["BLENDS", "blend_weights", "Blender", "accumulate", "seam_lines", "seam_ratio"]

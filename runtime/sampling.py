@@ -23,7 +23,6 @@ from typing import Any
 
 import numpy as np
 from numpy.typing import NDArray
-
 from segflow.runtime.integrators import STAGES, array_namespace, integrate, nfe, uniform_grid
 
 __all__ = ["SamplingSettings", "BoundField", "tile_noise", "flowsdf_sample", "flowsdf_nfe", "renoise_steps",
@@ -236,8 +235,8 @@ class BridgeSampler(FlowSDFSampler):
 
     The bridge module (SSB issue) provides ``x1_from_image(images, card, *, rng, xp)`` — the bridge start X1
     built from the normalised tiles as in training — and ``sample_bridge(field_fn, x1, *, steps, ode,
-    guidance, label, rng, xp)``, which returns X0 (-1 inside, +1 outside, like the SDF). ``field_fn`` is a
-    :class:`BoundField` whose ``label`` row is bound per call by ``sample_bridge`` (``field_fn.label = ...``).
+    guidance, label, rng, xp, bridge)``, which returns X0 (-1 inside, +1 outside, like the SDF). ``field_fn``
+    is a :class:`BoundField` whose ``label`` is set by ``sample_bridge`` (``field_fn.label = ...``).
     """
 
     kind = "ssb"
@@ -248,6 +247,11 @@ class BridgeSampler(FlowSDFSampler):
         from segflow.runtime import bridge  # the SSB helper's module; imported only for SSB engines
 
         self.bridge, self.card, self.guidance, self.label, self.ode = bridge, card, guidance, label, ode
+
+    @property
+    def nfe(self) -> int:
+        """Field evaluations per sample (two per step with guidance)."""
+        return self.bridge.bridge_nfe(self.settings.steps, self.guidance)
 
     def sample(self, images: NDArray[np.float32], indices: list[int], stats: SamplerStats | None = None, *,
                seed: int | None = None) -> NDArray[np.float32]:
@@ -265,8 +269,8 @@ class BridgeSampler(FlowSDFSampler):
             f = BoundField(self.field, np.ascontiguousarray(feats[rows]))
             t0 = time.perf_counter()
             x1 = self.bridge.x1_from_image(np.ascontiguousarray(images[rows]), self.card, rng=rng, xp=np)
-            x0 = self.bridge.sample_bridge(f, x1, steps=s.steps, ode=self.ode, guidance=self.guidance,
-                                           label=self.label, rng=rng, xp=np)
+            x0 = self.bridge.sample_bridge(f, x1, steps=s.steps, bridge=self.card.bridge, ode=self.ode,
+                                           guidance=self.guidance, label=self.label, rng=rng, xp=np)
             stats.field_s += time.perf_counter() - t0
             stats.field_calls += f.calls
             stats.sample_evals += f.calls * len(chunk)

@@ -18,16 +18,15 @@ from typing import Any
 
 import numpy as np
 from numpy.typing import NDArray
+from segflow.runtime import instances as _instances
+from segflow.runtime.backends import open_backend
+from segflow.runtime.blend import BLENDS, Blender
+from segflow.runtime.sampling import BridgeSampler, FlowSDFSampler, SamplerStats, SamplingSettings, batch_from_budget
+from segflow.runtime.tiling import Tile, extract_tile, plan_tiles
 
 from segflow.card import ModelCard, load_card, resolve_engine
 from segflow.errors import InputError, ModelCardError, SegflowError
 from segflow.normalize import apply_norm, as_channels, dtype_scale, norm_stats
-from segflow.runtime import instances as _instances
-from segflow.runtime.backends import open_backend
-from segflow.runtime.blend import BLENDS, Blender
-from segflow.runtime.sampling import (BridgeSampler, FlowSDFSampler, SamplerStats, SamplingSettings,
-                                      batch_from_budget)
-from segflow.runtime.tiling import Tile, extract_tile, plan_tiles
 
 __all__ = ["Segmenter", "Segmentation", "Cancelled", "iter_tiles", "SAMPLERS"]
 
@@ -176,7 +175,7 @@ class Segmenter:
         if self.card.kind == "ssb":
             self.sampler = BridgeSampler(self._field, self._encoder, self.settings, card=self.card,
                                          guidance=guidance, label=label, ode=ode)
-            self.nfe = self.settings.steps * (2 if guidance else 1)
+            self.nfe = self.sampler.nfe
         else:
             self.sampler = FlowSDFSampler(self._field, self._encoder, self.settings,
                                           sigma_min=self.card.sigma_min)
@@ -247,7 +246,8 @@ class Segmenter:
         return img, norm_stats(raw if spec.get("mode") == "dtype" else img, spec)
 
     def predict_tiles(self, tiles: Iterable[tuple[Tile, NDArray]], *, stats: tuple[float, float],
-                      seed: int | None = None, progress: Callable[[int], None] | None = None, cancel: Callable[[], bool] | None = None,
+                      seed: int | None = None, progress: Callable[[int], None] | None = None,
+                      cancel: Callable[[], bool] | None = None,
                       sampler_stats: SamplerStats | None = None) -> Iterator[tuple[Tile, NDArray[np.float32]]]:
         """Sample tiles as they stream in; yield ``(tile, samples)`` with samples (K, size, size) float32.
 

@@ -11,8 +11,9 @@ import importlib
 from pathlib import Path
 from typing import Any
 
-from segflow.errors import BackendError
 from segflow.runtime.backends.base import Backend, TensorMeta, check_feed
+
+from segflow.errors import BackendError
 
 __all__ = ["Backend", "TensorMeta", "check_feed", "open_backend", "KINDS"]
 

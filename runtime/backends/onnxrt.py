@@ -20,9 +20,9 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from segflow.runtime.backends.base import Backend, TensorMeta
 
 from segflow.errors import BackendError, ModelCardError
-from segflow.runtime.backends.base import Backend, TensorMeta
 
 __all__ = ["OrtBackend", "physical_cores", "available_providers", "session_options", "providers_for"]
 
@@ -141,7 +141,8 @@ class OrtBackend(Backend):
         try:
             sess = ort.InferenceSession(str(self.path), sess_options=opts, providers=providers)
         except Exception as exc:  # noqa: BLE001 - ORT raises several types for corrupt files
-            raise ModelCardError(f"{self.path} is not a readable ONNX model ({type(exc).__name__}): re-export it.") from exc
+            raise ModelCardError(
+                f"{self.path} is not a readable ONNX model ({type(exc).__name__}): re-export it.") from exc
         if self.device == "cuda" and "CUDAExecutionProvider" not in sess.get_providers():
             raise BackendError(
                 f"the CUDA execution provider could not start for {self.path} (no GPU or CUDA libraries?; "

@@ -5,9 +5,10 @@ from __future__ import annotations
 import argparse
 import json
 
-from segflow.card import load_card, resolve_engine
 from segflow.runtime.backends import open_backend
 from segflow.runtime.sampling import flowsdf_nfe
+
+from segflow.card import load_card, resolve_engine
 
 HELP = "print a model's card and the inputs/outputs of its field and encoder graphs"
 DESCRIPTION = """\

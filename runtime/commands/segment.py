@@ -6,12 +6,13 @@ import argparse
 import sys
 from pathlib import Path
 
-from segflow.errors import InputError
-from segflow.imageio import list_images, read_image
-from segflow.progress import Progress
 from segflow.runtime.blend import BLENDS
 from segflow.runtime.instances import METHODS
 from segflow.runtime.integrators import STEPS
+
+from segflow.errors import InputError
+from segflow.imageio import list_images, read_image
+from segflow.progress import Progress
 
 HELP = "segment images with an exported model (mean SDF, spread, probability, mask, instance labels)"
 DESCRIPTION = """\

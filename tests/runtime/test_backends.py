@@ -6,11 +6,11 @@ import threading
 
 import numpy as np
 import pytest
-
-from segflow.errors import BackendError, ModelCardError
 from segflow.runtime.backends import open_backend
 from segflow.runtime.backends.base import TensorMeta, check_feed
 from segflow.runtime.backends.onnxrt import OrtBackend, available_providers, physical_cores, providers_for
+
+from segflow.errors import BackendError, ModelCardError
 
 GRAPHS = ["negx.onnx", "const.onnx", "dirac.onnx", "dirac_rgb.onnx", "blur.onnx", "negx.encoder.onnx",
           "dirac_rgb.encoder.onnx", "blur.encoder.onnx"]

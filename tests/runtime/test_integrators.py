@@ -6,7 +6,6 @@ import math
 
 import numpy as np
 import pytest
-
 from segflow.runtime.integrators import STAGES, STEPS, array_namespace, integrate, nfe, uniform_grid
 
 

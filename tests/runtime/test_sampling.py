@@ -4,10 +4,17 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-
 from segflow.runtime.backends.onnxrt import OrtBackend
-from segflow.runtime.sampling import (FlowSDFSampler, SamplerStats, SamplingSettings, batch_from_budget,
-                                      flowsdf_nfe, flowsdf_sample, renoise_steps, tile_noise)
+from segflow.runtime.sampling import (
+    FlowSDFSampler,
+    SamplerStats,
+    SamplingSettings,
+    batch_from_budget,
+    flowsdf_nfe,
+    flowsdf_sample,
+    renoise_steps,
+    tile_noise,
+)
 
 
 class Counting:

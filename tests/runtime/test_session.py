@@ -8,13 +8,13 @@ import threading
 
 import numpy as np
 import pytest
-
-from segflow.errors import InputError, ModelCardError
-from segflow.normalize import normalize
 from segflow.runtime.blend import BLENDS, Blender
 from segflow.runtime.sampling import tile_noise
 from segflow.runtime.session import Cancelled, Segmenter, iter_tiles
 from segflow.runtime.tiling import plan_tiles
+
+from segflow.errors import InputError, ModelCardError
+from segflow.normalize import normalize
 
 SIGMA = 1e-4
 

@@ -7,7 +7,6 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from scipy import ndimage as ndi
-
 from segflow.runtime.blend import BLENDS, Blender, blend_weights, seam_lines, seam_ratio
 from segflow.runtime.tiling import Tile, axis_starts, extract_tile, pad_to_tile, plan_tiles
 
