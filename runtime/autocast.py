@@ -145,8 +145,7 @@ def cast_model(model: Any, precision: str) -> Any:
             if name not in low_inits:
                 arr = numpy_helper.to_array(inits[name]).astype(low_np)
                 low_inits[name] = f"{name}__{precision}"
-                t = numpy_helper.from_array(arr, low_inits[name]) if precision == "fp16" else helper.make_tensor(
-                    low_inits[name], low_type, arr.shape, arr.view(np.uint16).ravel().tolist())
+                t = helper.make_tensor(low_inits[name], low_type, arr.shape, arr.tobytes(), raw=True)
                 new_inits.append(t)
             return low_inits[name]
         if dtype_of.get(name, want) == want:
