@@ -55,7 +55,8 @@ def test_same_seed_same_files(models_dir, inputs, tmp_path, capsys):
     for d in ("o1", "o2"):
         assert _run(capsys, "segment", "--engine", models_dir / "negx.onnx", inputs / "b.tif", "--out",
                     tmp_path / d, "-k", 2, "--instances", "threshold", "-q")[0] == 0
-    np.testing.assert_array_equal(tifffile.imread(tmp_path / "o1/b_sdf.tif"), tifffile.imread(tmp_path / "o2/b_sdf.tif"))
+    first, second = (tifffile.imread(tmp_path / d / "b_sdf.tif") for d in ("o1", "o2"))
+    np.testing.assert_array_equal(first, second)
 
 
 def test_info(models_dir, capsys):
