@@ -268,7 +268,7 @@ def synthetic_sequence(n_frames: int = 8, shape: tuple[int, int] = (128, 128), *
             phi = rng.uniform(0, 2 * np.pi)
             off = 0.55 * rad[k] * np.array([np.sin(phi), np.cos(phi)])
             new_ids = np.array([max(tracks) + 1, max(tracks) + 2])
-            for j, d in zip(new_ids, (off, -off), strict=True):
+            for j in new_ids:
                 tracks[int(j)] = [int(j), t, t, parent]
             keep = np.arange(len(ids)) != k
             pos = np.concatenate([pos[keep], pos[k] + np.stack([off, -off])])
