@@ -240,7 +240,7 @@ def _label_levels(q: NDArray, t: int, cv_conn: int):
     n_above = np.searchsorted(-vals, -levels_int, side="right")   # pixels >= each level
     nm = node_map.ravel()
     levels, parents, areas = [], [], []
-    offset, prev_lab = 0, None
+    offset, prev_offset, prev_lab = 0, 0, None
     for k, lv in enumerate(levels_int):
         n_comp, lab = cv2.connectedComponents((q >= lv).view(np.uint8), connectivity=cv_conn,
                                               ltype=cv2.CV_32S)

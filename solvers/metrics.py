@@ -56,10 +56,8 @@ def _pairs(pred: NDArray, gt: NDArray) -> _Pairs:
     ng, np_ = int(g.max(initial=0)), int(p.max(initial=0))
     both = (g > 0) & (p > 0)
     m = sparse.coo_matrix((np.ones(int(both.sum()), np.int64), (g[both] - 1, p[both] - 1)),
-                          shape=(ng, np_)).tocsr()
-    m.sum_duplicates()
-    gi, pi = m.nonzero()
-    return _Pairs(gi.astype(np.int64), pi.astype(np.int64), np.asarray(m[gi, pi]).ravel().astype(np.int64),
+                          shape=(ng, np_)).tocsr().tocoo()   # csr sums duplicate pixels
+    return _Pairs(m.row.astype(np.int64), m.col.astype(np.int64), m.data.astype(np.int64),
                   np.bincount(g, minlength=ng + 1)[1:], np.bincount(p, minlength=np_ + 1)[1:])
 
 

@@ -48,9 +48,10 @@ def _finite(obj):
 
 def run(args: argparse.Namespace) -> int:
     """Evaluate and print; exit 2 with one sentence if the files cannot be paired or read."""
-    from segflow.imageio import write_json
     from segflow.solvers.cli import pair_labels, read_labels
     from segflow.solvers.metrics import evaluate
+
+    from segflow.imageio import write_json
 
     pairs = pair_labels(read_labels(args.pred), read_labels(args.gt))
     result = evaluate([p for _, p, _ in pairs], [g for _, _, g in pairs])

@@ -6,7 +6,6 @@ import json
 
 import numpy as np
 import tifffile
-
 from segflow.runtime.cli import main
 
 PROB = np.array([[0.0, 0.9, 0.9, 0.3, 0.9, 0.9, 0.0],

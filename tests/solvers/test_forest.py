@@ -5,7 +5,6 @@ from __future__ import annotations
 import numpy as np
 import pytest
 from scipy import ndimage as ndi
-
 from segflow.solvers.forest import build_forest, quantize
 
 STRUCT = {1: ndi.generate_binary_structure(2, 1), 2: ndi.generate_binary_structure(2, 2)}

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-
 from segflow.solvers import metrics
 from segflow.solvers.baselines import threshold_instances, watershed_instances
 from segflow.solvers.forest import build_forest

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-
-from segflow.errors import SolverTimeout
 from segflow.solvers import _ilp
 from segflow.solvers._ilp import available_solvers, greedy, solve_packing
+
+from segflow.errors import SolverTimeout
 
 SOLVER_NAMES = available_solvers()
 

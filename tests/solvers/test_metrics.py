@@ -6,7 +6,6 @@ import math
 
 import numpy as np
 import pytest
-
 from segflow.solvers import metrics as M
 
 # one prediction covering two cells: |G1| = |G2| = 2, |P| = 5, each intersection 2, IoU 0.4

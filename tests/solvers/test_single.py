@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-
-from segflow.sdf import mask_to_sdf
 from segflow.solvers import (
     dp_select,
     forest_instances,
@@ -17,6 +15,8 @@ from segflow.solvers import (
 )
 from segflow.solvers.forest import build_forest
 from segflow.solvers.single import agreement_score
+
+from segflow.sdf import mask_to_sdf
 
 
 def touching_squares():
