@@ -1,6 +1,6 @@
 """Whole-slide benchmark: peak resident memory and wall time of ``runtime segment`` on a synthetic slide.
 
-The slide (default 20k x 20k RGB, tiled pyramidal OME-TIFF) is written tile by tile from a 2048-pixel mosaic
+The slide (default 20k x 20k RGB, tiled pyramidal OME-TIFF) is written tile by tile from a 1024-pixel mosaic
 of synthetic H&E nuclei, repeated, inside a round "tissue" area on white glass (~64 % tissue), so it is never
 held in memory. Each configuration runs ``runtime segment`` in a child process; its peak RSS comes from
 ``wait4``. Reference in the same run: the whole-image path (the image read into memory and segmented at once)
@@ -30,17 +30,17 @@ import numpy as np
 import tifffile
 
 ROOT = Path(__file__).resolve().parents[1]
-MOSAIC = 2048
+MOSAIC = 1024
 
 
 def mosaic(seed: int = 0) -> np.ndarray:
-    """A 2048 x 2048 RGB mosaic of four synthetic nuclei blocks (the slide repeats it)."""
+    """A 1024 x 1024 RGB mosaic of four synthetic nuclei blocks (the slide repeats it)."""
     from segflow.synthetic import synthetic_nuclei
 
     half = MOSAIC // 2
     out = np.empty((MOSAIC, MOSAIC, 3), np.uint8)
     for k, (y, x) in enumerate([(0, 0), (0, half), (half, 0), (half, half)]):
-        out[y:y + half, x:x + half] = synthetic_nuclei((half, half), n=1400, radius=(5, 10), seed=seed + k)[0]
+        out[y:y + half, x:x + half] = synthetic_nuclei((half, half), n=200, radius=(5, 10), seed=seed + k)[0]
     return out
 
 

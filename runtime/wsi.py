@@ -9,8 +9,8 @@ How it works (docs/wsi.md has the user's view):
    overlaps it; tiles are predicted once (tiles straddling a block border are cached until the neighbouring
    block has used them) and blended in plan order into a block-local float64 accumulator, so each pixel gets
    exactly the arithmetic of the whole-image path. Tiles off the tissue mask are not run: they count as
-   background (SDF +1 in every sample). The blended K samples and the mean / std / probability maps go to
-   chunked, compressed zarr arrays in a temporary folder beside the outputs (never to RAM).
+   background (SDF +1 in every sample). The mean / std / probability maps go to chunked, compressed zarr
+   arrays in a temporary folder beside the outputs (never to RAM).
 3. **Labels, block by block.** Instances are computed on the block plus a margin, and a block keeps an instance
    only if the instance's first pixel (raster order) lies in the block's core and the instance does not touch
    the window's cut edge; otherwise the window grows (doubling, up to ``max_margin``). Since the instance
@@ -187,8 +187,9 @@ class _Run:
         self.done = self.run_count = 0
         self.cache: dict[int, NDArray[np.float32]] = {}
         self.tissue = None
+        self.background = np.ones((self.k, card.tile, card.tile), np.float32)  # off-tissue tiles: SDF +1
+        self.background.setflags(write=False)
         chunk = min(1024, opts.block)
-        self.samples = _zeros(tmp, "samples", (self.k, self.h, self.w), np.float32, chunk)
         self.maps = {n: _zeros(tmp, n, (self.h, self.w), np.float32, chunk) for n in ("mean_sdf", "std", "prob")}
         self.labels = _zeros(tmp, "labels", (self.h, self.w), np.uint32, chunk)
 
@@ -221,7 +222,7 @@ class _Run:
         ran = {t.index for t in run}
         for t in todo:
             if t.index not in ran:
-                self.cache[t.index] = np.ones((self.k, t.size, t.size), np.float32)
+                self.cache[t.index] = self.background
         self._tick(len(todo) - len(run))
         self.run_count += len(run)
         if self.cancel is not None and self.cancel():
@@ -244,7 +245,6 @@ class _Run:
             accumulate(acc, wsum, t, self.cache[t.index], weights, origin=(ly, lx))
         core = (slice(None), slice(y0 - ly, y1 - ly), slice(x0 - lx, x1 - lx))
         s = (acc[core] / wsum[core[1:]]).astype(np.float32)
-        self.samples[:, y0:y1, x0:x1] = s
         self.maps["mean_sdf"][y0:y1, x0:x1] = s.mean(axis=0, dtype=np.float64).astype(np.float32)
         self.maps["std"][y0:y1, x0:x1] = s.std(axis=0, dtype=np.float64).astype(np.float32)
         self.maps["prob"][y0:y1, x0:x1] = (s <= self.thr).mean(axis=0, dtype=np.float64).astype(np.float32)
