@@ -1,0 +1,230 @@
+"""Benchmark: `runtime segment` (ONNX Runtime, encoder once per tile) vs a reference-style PyTorch sampler.
+
+Both run in the same process on the same tiles with the same K, NFE and tile size:
+
+* runtime   — :class:`segflow.runtime.session.Segmenter` (the code behind `runtime segment`): encoder once per
+              tile, features reused by every step and sample, K samples x tiles batched.
+* reference — PyTorch eager as the FlowSDF reference code samples: per tile, K samples in one batch, the full
+              model (image encoder included) evaluated at every Euler step.
+
+Reported: per-tile and per-megapixel latency of both and their ratio (target >= 4x), plus the wall time of the
+default model on a 1000x1000 image at K=1, 4 NFE (target <= 30 s), in-process and as a `runtime segment`
+subprocess. Warm-up runs are discarded. Writes benchmarks/results/bench_runtime.{json,md}.
+
+Usage::
+
+    python benchmarks/bench_runtime.py                       # default model in models/ if present, else random lite
+    python benchmarks/bench_runtime.py --engine models/X.onnx --checkpoint models/X.pt
+    python benchmarks/bench_runtime.py --quick               # small image, few reference tiles (smoke run)
+
+Without ``--checkpoint`` the reference uses a randomly initialised network of the engine's preset with the
+same sizes (timings do not depend on the weights); without ``--engine`` a random `lite` model is exported.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+RESULTS = ROOT / "benchmarks" / "results"
+
+
+def default_engine() -> Path | None:
+    """The shipped default model (the first field graph under models/), if any."""
+    found = sorted(p for p in (ROOT / "models").glob("*.onnx") if not p.name.endswith(".encoder.onnx"))
+    return found[0] if found else None
+
+
+def test_image(size: int, channels: int) -> np.ndarray:
+    """A 1000x1000 MoNuSeg image cropped/tiled to ``size`` if the data is here, else a synthetic H&E-like one."""
+    import cv2
+
+    tifs = sorted((ROOT.parent / "shared" / "data" / "monuseg").rglob("*.tif"))
+    imgs = [p for p in tifs if "label" not in str(p).lower() and "mask" not in str(p).lower()]
+    if imgs:
+        from segflow.imageio import read_image
+
+        img = read_image(imgs[0])
+        reps = (-(-size // img.shape[0]), -(-size // img.shape[1])) + (1,) * (img.ndim - 2)
+        img = np.tile(img, reps)[:size, :size]
+    else:
+        rng = np.random.default_rng(0)
+        img = np.full((size, size, 3), 230, np.uint8)
+        for _ in range(size * size // 900):
+            y, x = rng.integers(0, size, 2)
+            cv2.circle(img, (int(x), int(y)), int(rng.integers(4, 9)), (90, 50, 140), -1)
+    from segflow.normalize import as_channels
+
+    return as_channels(img, channels)
+
+
+def build_reference(card, checkpoint: str | None):
+    """A PyTorch SegModel with the engine's architecture (weights from ``checkpoint`` if given)."""
+    import torch
+
+    if checkpoint:
+        from segflow.export.checkpoint import model_from_checkpoint
+
+        model = model_from_checkpoint(checkpoint)
+        model = model[0] if isinstance(model, tuple) else model
+    else:
+        from segflow.trainer.nets import NetConfig, SegModel
+
+        preset = card.preset if card.preset in ("lite", "paper") else "lite"
+        cfg = NetConfig.from_name(preset, in_channels=card.in_channels, base=card.feature_channels)
+        torch.manual_seed(0)
+        model = SegModel(cfg)
+    return model.float().eval()
+
+
+def export_random_lite(tmp: Path, tile: int) -> Path:
+    """Export a random `lite` model (tile ``tile``) to ``tmp`` and return its field graph."""
+    import torch
+
+    from segflow.card import ModelCard
+    from segflow.export.onnx import export_model
+    from segflow.trainer.nets import NetConfig, SegModel
+
+    cfg = NetConfig.from_name("lite", in_channels=3)
+    torch.manual_seed(0)
+    card = ModelCard(kind="flowsdf", preset="lite", tile=tile, in_channels=3, feature_channels=cfg.base)
+    export_model(SegModel(cfg).eval(), card, tmp / "random-lite.onnx", check=False)
+    return tmp / "random-lite.onnx"
+
+
+def reference_tiles(model, image: np.ndarray, card, plan, *, samples: int, steps: int, threads: int) -> float:
+    """Seconds per tile of the reference-style sampler over ``plan`` (Euler, encoder recomputed every step)."""
+    import torch
+
+    from segflow.normalize import apply_norm, norm_stats
+    from segflow.runtime.tiling import extract_tile
+
+    torch.set_num_threads(threads)
+    stats = norm_stats(image, card.normalisation)
+
+    def one(tile) -> None:
+        win = np.moveaxis(apply_norm(extract_tile(image, tile), stats), -1, 0)[None]
+        img = torch.from_numpy(np.ascontiguousarray(win)).repeat(samples, 1, 1, 1)
+        x = torch.randn(samples, 1, card.tile, card.tile)
+        with torch.no_grad():
+            for i in range(steps):
+                t = torch.full((samples,), i / steps)
+                x = x + (1.0 / steps) * model(x, t, img)
+
+    one(plan[0])  # warm-up, discarded
+    t0 = time.perf_counter()
+    for tile in plan:
+        one(tile)
+    return (time.perf_counter() - t0) / len(plan)
+
+
+def runtime_run(engine: Path, image: np.ndarray, *, samples: int, steps: int, stride: int | None, threads: int):
+    """One warm-up and one timed Segmenter call; returns (Segmentation, wall seconds, Segmenter stride)."""
+    from segflow.runtime.session import Segmenter
+
+    with Segmenter(engine, samples=samples, steps=steps, method="euler", stride=stride, threads=threads,
+                   backend="cpu") as seg:
+        seg(image[:seg.card.tile, :seg.card.tile])  # warm-up, discarded
+        t0 = time.perf_counter()
+        res = seg(image)
+        return res, time.perf_counter() - t0, seg.stride
+
+
+def cli_wall(engine: Path, image: np.ndarray, tmp: Path, *, samples: int, steps: int) -> float:
+    """Wall time of a fresh `runtime segment` process (start-up, model load, outputs included)."""
+    import tifffile
+
+    path = tmp / "bench_1000.tif"
+    tifffile.imwrite(path, image)
+    cmd = [sys.executable, "-m", "segflow.runtime.cli", "segment", "--engine", str(engine), str(path), "--out",
+           str(tmp / "out"), "--samples", str(samples), "--steps", str(steps), "--method", "euler", "-q"]
+    t0 = time.perf_counter()
+    subprocess.run(cmd, check=True)
+    return time.perf_counter() - t0
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--engine", type=Path, default=None)
+    ap.add_argument("--checkpoint", default=None)
+    ap.add_argument("--samples", type=int, default=4)
+    ap.add_argument("--steps", type=int, default=4)
+    ap.add_argument("--size", type=int, default=512, help="image side for the runtime/reference comparison")
+    ap.add_argument("--ref-tiles", type=int, default=6, help="tiles timed for the (slow) reference")
+    ap.add_argument("--threads", type=int, default=None)
+    ap.add_argument("--quick", action="store_true", help="smoke run: 256 px image, 2 reference tiles, no 1000 px")
+    args = ap.parse_args(argv)
+
+    from segflow.card import load_card, resolve_engine
+    from segflow.runtime.backends.onnxrt import physical_cores
+    from segflow.runtime.tiling import plan_tiles
+
+    threads = args.threads or physical_cores()
+    size, ref_tiles = (256, 2) if args.quick else (args.size, args.ref_tiles)
+    with tempfile.TemporaryDirectory() as tmpd:
+        tmp = Path(tmpd)
+        engine = args.engine or default_engine()
+        shipped = engine is not None
+        card = load_card(resolve_engine(engine)) if shipped else None
+        if not shipped:
+            engine = export_random_lite(tmp, 128)
+            card = load_card(resolve_engine(engine))
+        image = test_image(max(size, 1000), card.in_channels)
+        crop = image[:size, :size]
+        res, wall, stride = runtime_run(engine, crop, samples=args.samples, steps=args.steps, stride=None,
+                                        threads=threads)
+        plan = plan_tiles(crop.shape, card.tile, stride)
+        rt_tile = (res.timings["encoder_s"] + res.timings["field_s"]) / len(plan)
+        model = build_reference(card, args.checkpoint)
+        ref_tile = reference_tiles(model, crop, card, plan[:ref_tiles], samples=args.samples, steps=args.steps,
+                                   threads=threads)
+        mpx = size * size / 1e6
+        rows = {
+            "image": f"{size}x{size}", "tiles": len(plan), "tile": card.tile, "stride": stride,
+            "samples": args.samples, "nfe": res.nfe, "threads": threads,
+            "runtime_s_per_tile": rt_tile, "reference_s_per_tile": ref_tile, "speedup": ref_tile / rt_tile,
+            "runtime_s_per_mpx_sampling": rt_tile * len(plan) / mpx,
+            "reference_s_per_mpx_sampling": ref_tile * len(plan) / mpx,
+            "runtime_s_per_mpx_total": wall / mpx, "runtime_total_s": wall,
+            "runtime_timings": res.timings,
+        }
+        default = {}
+        if shipped and not args.quick:
+            big = image[:1000, :1000]
+            res1, wall1, _ = runtime_run(engine, big, samples=1, steps=4, stride=None, threads=threads)
+            default = {"image": "1000x1000", "samples": 1, "nfe": res1.nfe, "in_process_s": wall1,
+                       "cli_wall_s": cli_wall(engine, big, tmp, samples=1, steps=4), "target_s": 30.0,
+                       "instances": res1.n_instances, "timings": res1.timings}
+    report = {"engine": str(engine) if shipped else "random lite (exported for the benchmark)",
+              "card": {k: card.to_dict()[k] for k in ("kind", "preset", "tile", "in_channels", "feature_channels")},
+              "machine": {"python": platform.python_version(), "processor": platform.processor(),
+                          "cores": physical_cores()},
+              "comparison": rows, "default_model_1000px": default, "target_speedup": 4.0}
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    (RESULTS / "bench_runtime.json").write_text(json.dumps(report, indent=2, default=float) + "\n")
+    lines = ["| measure | runtime (ORT, encoder once) | reference (torch eager) | ratio |", "|---|---|---|---|",
+             f"| s per tile ({card.tile}², K={args.samples}, NFE={res.nfe}) | {rt_tile:.3f} | {ref_tile:.3f} | "
+             f"{ref_tile / rt_tile:.1f}x |",
+             f"| s per Mpx, sampling ({rows['image']}, stride {stride}) | {rows['runtime_s_per_mpx_sampling']:.2f} | "
+             f"{rows['reference_s_per_mpx_sampling']:.2f} | {ref_tile / rt_tile:.1f}x |",
+             f"| s per Mpx, whole `segment` call | {rows['runtime_s_per_mpx_total']:.2f} | | |"]
+    if default:
+        lines.append(f"| default model, 1000x1000, K=1, NFE={default['nfe']}: in-process / CLI wall (s) | "
+                     f"{default['in_process_s']:.1f} / {default['cli_wall_s']:.1f} | | target <= 30 |")
+    table = "\n".join(lines)
+    (RESULTS / "bench_runtime.md").write_text(f"engine: {report['engine']}\n\n{table}\n")
+    print(table)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
