@@ -1,0 +1,198 @@
+"""TensorRT backend checks that need no GPU: build records, version/GPU mismatch, profiles, load errors."""
+
+from __future__ import annotations
+
+import importlib.util
+import shutil
+import sys
+import types
+
+import pytest
+from fake_trt import make_fake_trt
+
+from segflow.errors import BackendError, MissingDependency, ModelCardError
+from segflow.runtime import trtlib
+from segflow.runtime.backends import open_backend
+from segflow.runtime.backends import tensorrt as trt_backend
+from segflow.runtime.backends.tensorrt import TensorRTBackend, check_profile, validity_error
+from segflow.runtime.trtlib import GpuInfo, PlanInfo, check_plan, parse_nvidia_smi, sidecar_path
+
+ADA = GpuInfo("NVIDIA RTX 6000 Ada Generation", "8.9")
+H100 = GpuInfo("NVIDIA H100 80GB HBM3", "9.0")
+
+
+def _info(**kw) -> PlanInfo:
+    base = {"library": "tensorrt", "trt_version": "11.4.0.106", "precision": "fp16", "gpu_name": ADA.name,
+            "compute_capability": "8.9", "profiles": {"x": [[1, 1, 128, 128], [16, 1, 128, 128], [64, 1, 128, 128]]}}
+    base.update(kw)
+    return PlanInfo(**base)
+
+
+def test_check_plan_accepts_same_machine():
+    assert check_plan("m.plan", _info(), "tensorrt", "11.4.0.106", ADA) == []
+
+
+def test_check_plan_version_mismatch_is_one_sentence():
+    with pytest.raises(BackendError) as err:
+        check_plan("models/flowsdf.plan", _info(), "tensorrt", "11.5.0.1", ADA)
+    msg = str(err.value)
+    assert "built with tensorrt 11.4.0.106 but this machine has tensorrt 11.5.0.1" in msg
+    assert "`runtime build --onnx flowsdf.onnx --out flowsdf.plan`" in msg and msg.count(". ") == 0
+
+
+def test_check_plan_gpu_mismatch_names_both_gpus():
+    with pytest.raises(BackendError, match=r"built on NVIDIA RTX 6000 Ada Generation \(compute 8.9\) but this "
+                                           r"machine has NVIDIA H100 80GB HBM3 \(compute 9.0\): rebuild"):
+        check_plan("m.plan", _info(), "tensorrt", "11.4.0.106", H100)
+
+
+def test_check_plan_same_cc_other_model_warns_only():
+    other = GpuInfo("NVIDIA GeForce RTX 4090", "8.9")
+    warns = check_plan("m.plan", _info(), "tensorrt", "11.4.0.106", other)
+    assert len(warns) == 1 and "RTX 4090" in warns[0]
+
+
+def test_check_plan_library_and_no_gpu():
+    with pytest.raises(BackendError, match="built with tensorrt but this machine runs tensorrt_rtx"):
+        check_plan("m.plan", _info(), "tensorrt_rtx", "1.7.1.116", ADA)
+    with pytest.raises(BackendError, match="needs an NVIDIA GPU, but none is visible"):
+        check_plan("m.plan", _info(), "tensorrt", "11.4.0.106", None)
+
+
+def test_check_plan_rtx_targets():
+    rtx = _info(library="tensorrt_rtx", trt_version="1.7.1.116", gpu_name=None, compute_capability=None)
+    assert check_plan("m.plan", rtx, "tensorrt_rtx", "1.7.1.116", ADA) == []
+    assert check_plan("m.plan", rtx, "tensorrt_rtx", "1.7.1.116", GpuInfo("RTX PRO", "12.1")) == []  # "and later"
+    with pytest.raises(BackendError, match=r"compiled for compute capabilities 8.0, 8.6, 8.9, 12.0 but this "
+                                           r"NVIDIA H100 80GB HBM3 is 9.0 \(TensorRT-RTX lists no support"):
+        check_plan("m.plan", rtx, "tensorrt_rtx", "1.7.1.116", H100)
+    turing = GpuInfo("Quadro RTX 8000", "7.5")
+    with pytest.raises(BackendError, match="compiled for compute capabilities 8.9"):
+        check_plan("m.plan", _info(library="tensorrt_rtx", trt_version="1", target_compute_capabilities=["8.9"]),
+                   "tensorrt_rtx", "1", turing)
+
+
+def test_plan_info_roundtrip_and_errors(tmp_path):
+    plan = tmp_path / "m.plan"
+    with pytest.raises(ModelCardError, match="has no build record m.plan.json beside it"):
+        PlanInfo.read(plan)
+    sidecar_path(plan).write_text(_info().to_json())
+    assert PlanInfo.read(plan) == _info()
+    assert PlanInfo.read(plan).profile_range("x") == ([1, 1, 128, 128], [64, 1, 128, 128])
+    sidecar_path(plan).write_text("{not json")
+    with pytest.raises(ModelCardError, match="unreadable"):
+        PlanInfo.read(plan)
+
+
+def test_check_profile():
+    check_profile("m.plan", "x", (64, 1, 128, 128), (1, 1, 128, 128), (64, 1, 128, 128))
+    with pytest.raises(BackendError) as err:
+        check_profile("m.plan", "x", (80, 1, 128, 128), (1, 1, 128, 128), (64, 1, 128, 128))
+    msg = str(err.value)
+    assert "shape [80, 1, 128, 128], outside the plan's profile [1..64, 1, 128, 128]" in msg
+    assert "--batch 1:1:80" in msg
+    with pytest.raises(BackendError, match="feed tiles of the model's tile size"):
+        check_profile("m.plan", "x", (4, 1, 96, 96), (1, 1, 128, 128), (64, 1, 128, 128))
+    with pytest.raises(BackendError, match="outside"):
+        check_profile("m.plan", "t", (4, 1), (1,), (64,))
+
+
+def test_validity_error_names_diagnostics():
+    class V:
+        def __init__(self, name):
+            self.name = name
+
+    fake = types.SimpleNamespace(__name__="tensorrt_rtx", EngineInvalidityDiagnostics=types.SimpleNamespace(
+        UNSUPPORTED_CC=4, VERSION_MISMATCH=1, OLD_CUDA_DRIVER=8))
+    assert validity_error(fake, "m.plan", V("VALID"), 0) is None
+    msg = validity_error(fake, "m.plan", V("INVALID"), 4 | 1)
+    assert "invalid on this machine (unsupported cc, version mismatch)" in msg
+
+
+def test_parse_nvidia_smi():
+    assert parse_nvidia_smi("NVIDIA H100 80GB HBM3, 9.0\n") == H100
+    assert parse_nvidia_smi("NVIDIA GeForce RTX 4090, 8.9\nNVIDIA GeForce RTX 4090, 8.9") == \
+        GpuInfo("NVIDIA GeForce RTX 4090", "8.9")
+    assert parse_nvidia_smi("No devices were found") is None
+
+
+def test_gpu_info_without_device(monkeypatch):
+    monkeypatch.setitem(sys.modules, "cupy", None)
+    monkeypatch.setattr(trtlib.shutil, "which", lambda name: None)
+    assert trtlib.gpu_info() is None
+
+
+# -- the backend's activation errors ---------------------------------------------------------------------------
+def _plan(tmp_path, info: PlanInfo, data: bytes = b"PLAN"):
+    plan = tmp_path / "m.plan"
+    plan.write_bytes(data)
+    sidecar_path(plan).write_text(info.to_json())
+    return plan
+
+
+def test_backend_missing_plan_and_record(tmp_path):
+    with pytest.raises(ModelCardError, match="does not exist: build it with `runtime build`"):
+        TensorRTBackend(tmp_path / "none.plan").activate()
+    (tmp_path / "m.plan").write_bytes(b"PLAN")
+    with pytest.raises(ModelCardError, match="no build record"):
+        TensorRTBackend(tmp_path / "m.plan").activate()
+
+
+def test_backend_missing_library(tmp_path, monkeypatch):
+    monkeypatch.setitem(sys.modules, "tensorrt", None)
+    with pytest.raises(MissingDependency, match=r"pip install segflow\[gpu\]"):
+        TensorRTBackend(_plan(tmp_path, _info())).activate()
+
+
+def test_backend_refuses_other_version_before_deserialising(tmp_path, monkeypatch):
+    fake = make_fake_trt(version="11.5.0.1")
+    fake.Runtime = lambda logger: pytest.fail("must not deserialise a plan of another TensorRT version")
+    monkeypatch.setitem(sys.modules, "tensorrt", fake)
+    monkeypatch.setattr(trt_backend, "gpu_info", lambda: ADA)
+    backend = TensorRTBackend(_plan(tmp_path, _info()))
+    with pytest.raises(BackendError, match="built with tensorrt 11.4.0.106 but this machine has tensorrt 11.5.0.1"):
+        backend.activate()
+    assert not backend.is_active
+
+
+def test_backend_deserialisation_failure(tmp_path, monkeypatch):
+    fake = make_fake_trt(version="11.4.0.106")
+
+    class Runtime:
+        def __init__(self, logger):
+            pass
+
+        def deserialize_cuda_engine(self, data):
+            return None
+
+    fake.Runtime = Runtime
+    monkeypatch.setitem(sys.modules, "tensorrt", fake)
+    monkeypatch.setitem(sys.modules, "cupy", types.ModuleType("cupy"))
+    monkeypatch.setattr(trt_backend, "gpu_info", lambda: ADA)
+    with pytest.raises(BackendError, match=r"could not load plan .*m.plan \(corrupt file, or built for another GPU"):
+        TensorRTBackend(_plan(tmp_path, _info())).activate()
+
+
+def test_open_backend_picks_tensorrt_for_plans(tmp_path):
+    backend = open_backend(tmp_path / "m.plan")
+    assert isinstance(backend, TensorRTBackend) and not backend.is_active
+
+
+@pytest.mark.skipif(importlib.util.find_spec("tensorrt_rtx") is None, reason="tensorrt_rtx not installed")
+def test_real_tensorrt_rtx_plan_without_gpu_is_refused(tmp_path, models_dir, monkeypatch):
+    """A real TensorRT-RTX plan built here (CPU-only AOT) cannot load without a GPU: one sentence."""
+    from segflow.runtime import engine as eng
+
+    monkeypatch.setattr(eng, "gpu_info", lambda: None)
+    for name in ("negx.onnx", "negx.encoder.onnx"):
+        shutil.copy(models_dir / name, tmp_path / name)
+    res = eng.build_engine(tmp_path / "negx.onnx", tmp_path / "negx.plan", precision="fp32", batch=(1, 2, 4),
+                           workspace_bytes=1 << 26, builder="tensorrt_rtx")
+    monkeypatch.setattr(trt_backend, "gpu_info", lambda: None)
+    with pytest.raises(BackendError, match="needs an NVIDIA GPU, but none is visible"):
+        TensorRTBackend(res.field).activate()
+    monkeypatch.setattr(trt_backend, "gpu_info", lambda: ADA)  # pretend: the library itself must refuse
+    if importlib.util.find_spec("cupy") is None:
+        monkeypatch.setitem(sys.modules, "cupy", types.ModuleType("cupy"))
+    with pytest.raises(BackendError, match="negx.plan"):
+        TensorRTBackend(res.field).activate()
