@@ -10,14 +10,15 @@ from __future__ import annotations
 import os
 import pickle
 import tempfile
+import zipfile
 from pathlib import Path
 from typing import Any
 
 import torch
+from segflow.trainer.nets import NetConfig, SegModel
 
 from segflow.card import ModelCard
 from segflow.errors import ModelCardError
-from segflow.trainer.nets import NetConfig, SegModel
 
 __all__ = ["make_checkpoint", "load_checkpoint", "model_from_checkpoint"]
 
@@ -70,6 +71,8 @@ def load_checkpoint(path: str | Path) -> dict[str, Any]:
     p = Path(path)
     if not p.is_file():
         raise ModelCardError(f"checkpoint {p} does not exist: pass the .pt file written by `trainer train`.")
+    if not zipfile.is_zipfile(p):  # torch.save has written zip archives since torch 1.6
+        raise ModelCardError(f"{p} is not a PyTorch checkpoint (not a torch.save archive): pass a .pt file.")
     try:
         ckpt = torch.load(p, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as exc:
@@ -109,7 +112,9 @@ def model_from_checkpoint(
     ckpt = load_checkpoint(path)
     card = ModelCard.from_dict(ckpt["card"], source=f"model card in {path}")
     if expect_kind is not None and card.kind != expect_kind:
-        raise ModelCardError(f"checkpoint {path} holds a {card.kind!r} model, not {expect_kind!r}: pass the right file.")
+        raise ModelCardError(
+            f"checkpoint {path} holds a {card.kind!r} model, not {expect_kind!r}: pass the right file."
+        )
     net = ckpt.get("net")
     if net:
         cfg = NetConfig.from_dict(dict(net), source=f"network config in {path}")
@@ -118,7 +123,8 @@ def model_from_checkpoint(
     key = "ema" if use_ema else "model"
     state = ckpt.get(key)
     if not state:
-        raise ModelCardError(f"checkpoint {path} has no {key!r} weights: export with {'--no-ema' if use_ema else '--ema'}.")
+        fix = "export the raw weights with --no-ema" if use_ema else "export the EMA weights (drop --no-ema)"
+        raise ModelCardError(f"checkpoint {path} has no {key!r} weights: {fix}.")
     model = SegModel(cfg)
     try:
         model.load_state_dict(state)

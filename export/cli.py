@@ -32,7 +32,8 @@ def _batch_sizes(text: str) -> tuple[int, ...]:
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Add the ``trainer export`` flags to ``parser``."""
-    parser.add_argument("--checkpoint", required=True, metavar="CKPT", help="checkpoint (.pt) from trainer train")
+    parser.add_argument("checkpoint_pos", nargs="?", metavar="CKPT", help="checkpoint (.pt) from trainer train")
+    parser.add_argument("--checkpoint", dest="checkpoint", metavar="CKPT", help="the same, as a flag")
     parser.add_argument("--out", required=True, metavar="NAME.onnx", help="destination of the field graph")
     parser.add_argument("--no-ema", dest="use_ema", action="store_false",
                         help="export the raw weights instead of the EMA weights")
@@ -49,8 +50,13 @@ def run(args: argparse.Namespace) -> int:
     """Export as the parsed ``args`` say; print what was written; return 0."""
     from segflow.export.onnx import export_checkpoint
 
+    from segflow.errors import InputError
+
+    ckpt = args.checkpoint or args.checkpoint_pos
+    if not ckpt:
+        raise InputError("no checkpoint given: pass `trainer export CKPT --out NAME.onnx`.")
     report = export_checkpoint(
-        args.checkpoint, args.out, use_ema=args.use_ema, expect_kind=args.kind, opset=args.opset, tol=args.tol,
+        ckpt, args.out, use_ema=args.use_ema, expect_kind=args.kind, opset=args.opset, tol=args.tol,
         check=args.check, batch_sizes=args.batch_sizes,
     )
     print(report.summary())

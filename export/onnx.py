@@ -22,14 +22,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
+from segflow.export.checkpoint import make_checkpoint, model_from_checkpoint
+from segflow.export.parity import check_parity, parity_errors
+from segflow.trainer.nets import SegModel
 from torch import nn
 
 import segflow
 from segflow.card import METADATA_KEY, ModelCard
 from segflow.errors import InputError, ModelCardError
-from segflow.export.checkpoint import make_checkpoint, model_from_checkpoint
-from segflow.export.parity import check_parity, parity_errors
-from segflow.trainer.nets import SegModel
 
 __all__ = ["ExportReport", "export_model", "export_checkpoint", "make_checkpoint"]
 

@@ -7,9 +7,9 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from segflow.trainer.nets import SegModel
 
 from segflow.errors import ModelCardError
-from segflow.trainer.nets import SegModel
 
 __all__ = ["ParityError", "parity_errors", "check_parity"]
 

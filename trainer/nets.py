@@ -30,10 +30,6 @@ from dataclasses import dataclass
 from typing import Any
 
 import torch
-from torch import nn
-from torch.nn import functional as F
-
-from segflow.errors import ModelCardError
 from segflow.trainer._blocks import (
     RRDB,
     AttentionBlock,
@@ -45,6 +41,10 @@ from segflow.trainer._blocks import (
     timestep_embedding,
     zero_module,
 )
+from torch import nn
+from torch.nn import functional as F
+
+from segflow.errors import ModelCardError
 
 __all__ = ["NetConfig", "PRESETS", "ImageEncoder", "VectorFieldUNet", "SegModel", "count_parameters"]
 

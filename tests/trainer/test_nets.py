@@ -6,7 +6,6 @@ import pytest
 
 torch = pytest.importorskip("torch")
 
-from segflow.errors import ModelCardError  # noqa: E402
 from segflow.trainer._blocks import timestep_embedding  # noqa: E402
 from segflow.trainer.nets import (  # noqa: E402
     PRESETS,
@@ -16,6 +15,8 @@ from segflow.trainer.nets import (  # noqa: E402
     VectorFieldUNet,
     count_parameters,
 )
+
+from segflow.errors import ModelCardError  # noqa: E402
 
 pytestmark = pytest.mark.torch
 
