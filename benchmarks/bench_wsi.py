@@ -127,7 +127,7 @@ def main(argv: list[str] | None = None) -> int:
     rows = []
     configs = [("whole image (reference)", a.ref_size, [str(ref), "--out", str(work / "o_ref")]),
                ("streaming, no tissue mask", a.ref_size, [str(ref_slide), "--out", str(work / "o_st"),
-                                                          "--no-tissue", "--block", str(a.block)]),
+                                                          "--no-tissue", "--geojson", "--block", str(a.block)]),
                ("streaming, tissue mask", a.size, [str(slide), "--out", str(work / "o_big"), "--block",
                                                     str(a.block)])]
     for label, size, extra in configs:
