@@ -1,0 +1,85 @@
+#!/usr/bin/env bash
+# The exact command sequence for a GPU session (a lent H100/H200 with no network, or a workstation).
+#
+# Large wheels cannot travel in one piece (at most 64 MiB of working tree per call), so they are split here and
+# joined on the GPU machine while it stays warm:
+#
+#   here:   scripts/gpu_session.sh prepare            # downloads wheels into .whl/ and splits them into .gpu/partN/
+#   device: (one call per part, carry [".gpu/partN"])  scripts/gpu_session.sh join N
+#   device: (carry [".gpu/small"])                     scripts/gpu_session.sh install
+#   device: (same machine, still warm)                 scripts/gpu_session.sh test
+#   device:                                            scripts/gpu_session.sh bench
+#
+# On a workstation with network access: `pip install segflow[gpu] onnxruntime-gpu` and run `test` and `bench`.
+# Results go to benchmarks/results/ (and to $OUT when that variable is set, so the device tool returns them).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+STAGE=/tmp/segflow-gpu           # on the device machine: joined wheels and the install target
+PY=${PYTHON:-python3}
+ORT_GPU=onnxruntime-gpu==1.31.1
+TRT_RTX=(tensorrt-rtx-cu13-libs==1.7.1.116 tensorrt-rtx-cu13-bindings==1.7.1.116)
+PIECE=${PIECE:-60m}
+
+plat=(--only-binary=:all: --python-version 3.12 --implementation cp --platform manylinux_2_28_x86_64
+      --platform manylinux_2_27_x86_64 --platform manylinux_2_17_x86_64 --platform manylinux2014_x86_64)
+
+case "${1:-help}" in
+  prepare)  # here (network): fetch wheels, split the big ones into <= 60 MiB parts, one folder per device call
+    grep -qx '/.gpu/' .git/info/exclude 2>/dev/null || echo '/.gpu/' >> .git/info/exclude
+    rm -rf .gpu && mkdir -p .gpu/dl .gpu/small
+    $PY -m pip download --no-deps "${plat[@]}" -d .gpu/dl "$ORT_GPU" "${TRT_RTX[@]}"
+    $PY -m pip download --no-deps -d .gpu/dl tensorrt-rtx-cu13==1.7.1.116   # sdist shim providing `tensorrt_rtx`
+    n=0
+    for f in .gpu/dl/*; do
+      if [ "$(stat -c %s "$f")" -gt $((60 << 20)) ]; then
+        split -b "$PIECE" -d -a 2 "$f" ".gpu/$(basename "$f").part"
+      else
+        mv "$f" .gpu/small/
+      fi
+    done
+    for p in .gpu/*.part*; do n=$((n + 1)); mkdir -p ".gpu/part$n"; mv "$p" ".gpu/part$n/"; done
+    (cd .gpu && sha256sum dl/* small/* 2>/dev/null; true) > /dev/null
+    ls -l .gpu/*/ && echo "parts: $n (one device call each: carry .gpu/partN, run 'scripts/gpu_session.sh join N')"
+    ;;
+  join)     # device: append the carried part to the staging folder (machine must stay warm between calls)
+    mkdir -p "$STAGE/parts" && cp .gpu/part"${2:?part number}"/* "$STAGE/parts/" && ls -l "$STAGE/parts"
+    ;;
+  install)  # device: join the parts into wheels, install everything into $STAGE/site, check imports
+    mkdir -p "$STAGE/whl"
+    for first in "$STAGE"/parts/*.part00; do
+      whl="$STAGE/whl/$(basename "${first%.part00}")"; cat "${first%00}"?? > "$whl"
+      $PY -c "import zipfile,sys; zipfile.ZipFile(sys.argv[1]).testzip()" "$whl"
+    done
+    cp .gpu/small/*.whl "$STAGE/whl/" 2>/dev/null || true
+    $PY -m pip install -q --no-index --no-deps --no-compile --target "$STAGE/site" "$STAGE"/whl/*.whl
+    for s in .gpu/small/*.tar.gz; do tar xzf "$s" -C "$STAGE" && cp -r "$STAGE"/tensorrt_rtx_cu13-*/tensorrt_rtx "$STAGE/site/"; done
+    $PY -m pip install -q --no-deps --no-build-isolation -e . >/dev/null
+    PYTHONPATH="$STAGE/site" $PY - <<'EOF'
+import onnxruntime as ort, cupy
+print("onnxruntime", ort.__version__, ort.get_available_providers())
+print("cupy", cupy.__version__, cupy.cuda.runtime.getDeviceProperties(0)["name"])
+try:
+    import tensorrt_rtx as trt; print("tensorrt_rtx", trt.__version__)
+except Exception as exc:  # noqa: BLE001
+    print("tensorrt_rtx unavailable:", exc)
+EOF
+    ;;
+  test)     # device: the GPU tests, then the CPU-side TensorRT tests with the real library present
+    export PYTHONPATH="$STAGE/site:${PYTHONPATH:-}"
+    mkdir -p benchmarks/results
+    set +e
+    $PY -m pytest tests/runtime/test_trt_gpu.py tests/runtime/test_trt_build.py tests/runtime/test_trt_backend.py \
+        -q -rs 2>&1 | tee benchmarks/results/gpu_tests.txt
+    nvidia-smi --query-gpu=name,compute_cap,driver_version --format=csv >> benchmarks/results/gpu_tests.txt
+    set -e
+    [ -n "${OUT:-}" ] && cp benchmarks/results/gpu_tests.txt "$OUT/" || true
+    ;;
+  bench)    # device: the GPU benchmark (paper preset), table + JSON
+    export PYTHONPATH="$STAGE/site:${PYTHONPATH:-}" PYTHONUNBUFFERED=1
+    $PY benchmarks/bench_gpu.py "${@:2}" 2>&1 | tee benchmarks/results/bench_gpu.txt
+    [ -n "${OUT:-}" ] && cp benchmarks/results/bench_gpu.txt benchmarks/results/bench_gpu.json "$OUT/" || true
+    ;;
+  *)
+    sed -n '2,14p' "$0"
+    ;;
+esac

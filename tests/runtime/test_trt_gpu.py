@@ -1,0 +1,69 @@
+"""Real GPU checks (skipped without an NVIDIA GPU and CuPy): device-resident sampling and TensorRT engines."""
+
+from __future__ import annotations
+
+import importlib.util
+import shutil
+
+import numpy as np
+import pytest
+
+from segflow.runtime.session import Segmenter
+
+pytestmark = pytest.mark.gpu
+KW = {"samples": 4, "steps": 4, "method": "heun", "stride": 12, "batch_size": 8, "seed": 5}
+
+
+def _image():
+    return (np.random.default_rng(2).random((50, 61)) * 255).astype(np.uint8)
+
+
+@pytest.fixture(scope="module")
+def cpu_result(models_dir):
+    with Segmenter(models_dir / "blur.onnx", backend="cpu", threads=1, **KW) as seg:
+        return seg(_image())
+
+
+def test_ort_cuda_device_resident_run_matches_cpu(models_dir, cpu_result):
+    import cupy
+
+    from segflow.runtime.gpu import DeviceField, DeviceSegmenter
+
+    seen = []
+    original = DeviceField.__call__
+
+    def spy(self, x, t):
+        out = original(self, x, t)
+        seen.append((type(x), type(out)))
+        return out
+
+    DeviceField.__call__ = spy
+    try:
+        with DeviceSegmenter(models_dir / "blur.onnx", xp=cupy, **KW) as seg:
+            got = seg(_image())
+    finally:
+        DeviceField.__call__ = original
+    assert seen and all(a is cupy.ndarray and b is cupy.ndarray for a, b in seen)  # state never left the GPU
+    np.testing.assert_allclose(got.mean_sdf, cpu_result.mean_sdf, atol=1e-4)
+    np.testing.assert_allclose(got.std, cpu_result.std, atol=1e-4)
+    assert np.mean(got.mask != cpu_result.mask) < 1e-3
+
+
+@pytest.mark.skipif(not any(importlib.util.find_spec(m) for m in ("tensorrt", "tensorrt_rtx")),
+                    reason="neither tensorrt nor tensorrt_rtx installed")
+@pytest.mark.parametrize("precision,atol", [("fp32", 1e-3), ("fp16", 2e-2)])
+def test_tensorrt_engine_build_and_run_matches_cpu(models_dir, tmp_path, cpu_result, precision, atol):
+    import cupy
+
+    from segflow.runtime.engine import build_engine
+    from segflow.runtime.gpu import DeviceSegmenter
+
+    for name in ("blur.onnx", "blur.encoder.onnx"):
+        shutil.copy(models_dir / name, tmp_path / name)
+    res = build_engine(tmp_path / "blur.onnx", tmp_path / "blur.plan", precision=precision, batch=(1, 8, 16),
+                       workspace_bytes=1 << 30, timing_cache=tmp_path / "tc.bin")
+    for graph in (False, True):
+        with DeviceSegmenter(res.field, xp=cupy, cuda_graph=graph, **KW) as seg:
+            got = seg(_image())
+            assert seg.backend_info["name"] == "tensorrt"
+        np.testing.assert_allclose(got.mean_sdf, cpu_result.mean_sdf, atol=atol)
