@@ -67,10 +67,10 @@ def peak_tflops(torch) -> float:
 
 def export_paper(tmp: Path):
     import torch
-
-    from segflow.card import ModelCard
     from segflow.export.onnx import export_model
     from segflow.trainer.nets import NetConfig, SegModel
+
+    from segflow.card import ModelCard
 
     cfg = NetConfig.from_name("paper")
     torch.manual_seed(0)
@@ -111,7 +111,6 @@ def torch_samplers(model, reps: int) -> dict[str, float]:
 
 def segflow_patch(engine: Path, reps: int, **kw) -> float:
     import cupy
-
     from segflow.runtime.gpu import DeviceSegmenter
 
     img = (np.random.default_rng(0).random((TILE, TILE, 3)) * 255).astype(np.uint8)
@@ -126,7 +125,6 @@ def segflow_patch(engine: Path, reps: int, **kw) -> float:
 
 def segflow_image(engine: Path, **kw) -> float:
     import cupy
-
     from segflow.runtime.gpu import DeviceSegmenter
 
     img = (np.random.default_rng(0).random((1000, 1000, 3)) * 255).astype(np.uint8)

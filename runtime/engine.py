@@ -27,11 +27,12 @@ from pathlib import Path
 from types import ModuleType
 from typing import Any
 
+from segflow.runtime.autocast import PRECISIONS, convert_precision
+from segflow.runtime.trtlib import PlanInfo, gpu_info, import_trt, library_name, sidecar_path
+
 from segflow import __version__
 from segflow.card import ModelCard, card_from_onnx, resolve_engine
 from segflow.errors import BackendError, InputError, ModelCardError
-from segflow.runtime.autocast import PRECISIONS, convert_precision
-from segflow.runtime.trtlib import PlanInfo, gpu_info, import_trt, library_name, sidecar_path
 
 __all__ = ["parse_batch", "parse_bytes", "profile_shapes", "build_plan", "build_engine", "BuildResult",
            "DEFAULT_BATCH", "DEFAULT_WORKSPACE"]
@@ -294,7 +295,8 @@ def build_engine(onnx_path: str | Path, out_plan: str | Path, *, precision: str 
     field_plan, encoder_plan, card_path = _plan_paths(Path(out_plan))
     infos = []
     with tempfile.TemporaryDirectory(prefix="segflow-build-") as tmp:
-        for src, dst, rng in ((engine.field, field_plan, batch), (engine.encoder, encoder_plan, encoder_batch or batch)):
+        jobs = ((engine.field, field_plan, batch), (engine.encoder, encoder_plan, encoder_batch or batch))
+        for src, dst, rng in jobs:
             graph, used = src, "none"
             if precision != "fp32":
                 graph = Path(tmp) / f"{src.stem}.{precision}.onnx"

@@ -21,13 +21,13 @@ from typing import Any
 
 import numpy as np
 from numpy.typing import NDArray
-
-from segflow.normalize import apply_norm
 from segflow.runtime import instances as _instances
 from segflow.runtime.blend import accumulate, blend_weights
 from segflow.runtime.sampling import FlowSDFSampler, SamplerStats, flowsdf_sample, tile_noise
 from segflow.runtime.session import Segmentation, Segmenter
 from segflow.runtime.tiling import extract_tile, plan_tiles
+
+from segflow.normalize import apply_norm
 
 __all__ = ["DeviceField", "DeviceFlowSDFSampler", "DeviceSegmenter", "reduce_samples", "NOISE_MODES", "to_host"]
 

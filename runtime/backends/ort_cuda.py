@@ -14,9 +14,9 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from segflow.runtime.backends.onnxrt import OrtBackend
 
 from segflow.errors import require
-from segflow.runtime.backends.onnxrt import OrtBackend
 
 __all__ = ["OrtCudaBackend", "is_device_array"]
 

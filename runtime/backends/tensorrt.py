@@ -21,10 +21,10 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-
-from segflow.errors import BackendError, ModelCardError, require
 from segflow.runtime.backends.base import Backend, TensorMeta
 from segflow.runtime.trtlib import PlanInfo, check_plan, gpu_info, import_trt, rebuild_hint
+
+from segflow.errors import BackendError, ModelCardError, require
 
 __all__ = ["TensorRTBackend", "check_profile", "validity_error"]
 

@@ -11,9 +11,9 @@ import onnxruntime as ort
 import pytest
 from onnx import TensorProto as TP
 from onnx import helper, numpy_helper
+from segflow.runtime import autocast
 
 from segflow.card import METADATA_KEY
-from segflow.runtime import autocast
 
 C = 8
 
@@ -33,8 +33,9 @@ def unet_block(seed: int = 0, size: int = 16) -> onnx.ModelProto:
              numpy_helper.from_array(np.array([1], np.int64), "ax1"),
              numpy_helper.from_array(np.array([0, 2, -1], np.int64), "gshape"),
              numpy_helper.from_array(np.array([0, C, -1], np.int64), "flat"),
-             numpy_helper.from_array(np.ones(2, np.float32), "ones2"), numpy_helper.from_array(
-                 np.zeros(2, np.float32), "zeros2"), numpy_helper.from_array(np.array([C ** -0.5], np.float32), "scale")]
+             numpy_helper.from_array(np.ones(2, np.float32), "ones2"),
+             numpy_helper.from_array(np.zeros(2, np.float32), "zeros2"),
+             numpy_helper.from_array(np.array([C ** -0.5], np.float32), "scale")]
     n = helper.make_node
     nodes = [
         n("Unsqueeze", ["t", "ax1"], ["t1"]), n("Mul", ["t1", "k1000"], ["tk"]), n("Mul", ["tk", "freqs"], ["ang"]),

@@ -9,13 +9,13 @@ import types
 
 import pytest
 from fake_trt import make_fake_trt
-
-from segflow.errors import BackendError, MissingDependency, ModelCardError
 from segflow.runtime import trtlib
 from segflow.runtime.backends import open_backend
 from segflow.runtime.backends import tensorrt as trt_backend
 from segflow.runtime.backends.tensorrt import TensorRTBackend, check_profile, validity_error
 from segflow.runtime.trtlib import GpuInfo, PlanInfo, check_plan, parse_nvidia_smi, sidecar_path
+
+from segflow.errors import BackendError, MissingDependency, ModelCardError
 
 ADA = GpuInfo("NVIDIA RTX 6000 Ada Generation", "8.9")
 H100 = GpuInfo("NVIDIA H100 80GB HBM3", "9.0")

@@ -10,13 +10,13 @@ import sys
 
 import pytest
 from fake_trt import make_fake_trt
-
-from segflow.card import ModelCard, card_from_onnx
-from segflow.errors import InputError, MissingDependency, ModelCardError
 from segflow.runtime import engine as eng
 from segflow.runtime import trtlib
 from segflow.runtime.commands import build as build_cmd
 from segflow.runtime.trtlib import PlanInfo, sidecar_path
+
+from segflow.card import ModelCard, card_from_onnx
+from segflow.errors import InputError, MissingDependency, ModelCardError
 
 
 @pytest.fixture

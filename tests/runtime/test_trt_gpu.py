@@ -7,7 +7,6 @@ import shutil
 
 import numpy as np
 import pytest
-
 from segflow.runtime.session import Segmenter
 
 pytestmark = pytest.mark.gpu
@@ -26,7 +25,6 @@ def cpu_result(models_dir):
 
 def test_ort_cuda_device_resident_run_matches_cpu(models_dir, cpu_result):
     import cupy
-
     from segflow.runtime.gpu import DeviceField, DeviceSegmenter
 
     seen = []
@@ -54,7 +52,6 @@ def test_ort_cuda_device_resident_run_matches_cpu(models_dir, cpu_result):
 @pytest.mark.parametrize("precision,atol", [("fp32", 1e-3), ("fp16", 2e-2)])
 def test_tensorrt_engine_build_and_run_matches_cpu(models_dir, tmp_path, cpu_result, precision, atol):
     import cupy
-
     from segflow.runtime.engine import build_engine
     from segflow.runtime.gpu import DeviceSegmenter
 

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-
 from segflow.runtime.backends.onnxrt import OrtBackend
 from segflow.runtime.gpu import DeviceField, DeviceFlowSDFSampler, DeviceSegmenter, reduce_samples
 from segflow.runtime.sampling import FlowSDFSampler, SamplerStats, SamplingSettings
