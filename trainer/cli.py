@@ -117,7 +117,7 @@ COMMANDS = {
 
 
 def _export_command():
-    """The export helper's ``segflow.export.cli`` (``add_arguments``, ``run``), imported lazily."""
+    """``segflow.export.cli``'s (DESCRIPTION, add_arguments, run); a stub that explains if it cannot load."""
     try:
         mod = importlib.import_module("segflow.export.cli")
     except ImportError as exc:
@@ -129,8 +129,8 @@ def _export_command():
         def missing_run(args: argparse.Namespace) -> int:
             raise SegflowError(f"`trainer export` is unavailable here ({reason}): install segflow[train].")
 
-        return missing_args, missing_run
-    return mod.add_arguments, mod.run
+        return None, missing_args, missing_run
+    return getattr(mod, "DESCRIPTION", None), mod.add_arguments, mod.run
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -139,12 +139,13 @@ def build_parser() -> argparse.ArgumentParser:
         prog="trainer", description="Train segflow models (FlowSDF, SSB), export them to ONNX with their model "
         "card, and write synthetic datasets.", epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
-    commands = dict(COMMANDS)
+    commands = {name: (help_, None, add, run) for name, (help_, add, run) in COMMANDS.items()}
     commands["export"] = ("export a checkpoint to ONNX graphs (encoder + field) with the model card, "
                           "checking parity with PyTorch", *_export_command())
     for name in ("train", "export", "synth"):
-        help_, add, run = commands[name]
-        p = sub.add_parser(name, help=help_, description=help_[0].upper() + help_[1:] + ".")
+        help_, description, add, run = commands[name]
+        p = sub.add_parser(name, help=help_, description=description or help_[0].upper() + help_[1:] + ".",
+                           formatter_class=argparse.RawDescriptionHelpFormatter)
         add(p)
         p.set_defaults(_run=run)
     return parser

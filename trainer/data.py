@@ -3,9 +3,11 @@
 Sources (``--data``)
 --------------------
 ``synthetic`` / ``synthetic-gray``
-    24 H&E-like RGB (or fluorescence-like grayscale) 256² images with nuclei from :mod:`segflow.synthetic`.
+    24 H&E-like RGB (or fluorescence-like grayscale) 256² images with nuclei from :mod:`segflow.synthetic`;
+    ``synthetic:N`` for N images.
 ``synthetic-lesions``
-    12 lesion images, each with 4 annotators' masks (one pair per annotator, ``label`` = annotator + 1).
+    12 (or ``:N``) 64² lesion images, each with 4 annotators' masks (one pair per annotator, ``label`` =
+    annotator + 1).
 a folder, in one of these layouts (detected in this order)
     * ``DIR/images/*`` with ``DIR/labels/*`` or ``DIR/masks/*``, paired by file stem (a mask stem may end in
       ``_mask``, ``_label``, ``_labels`` or ``_anno``). ``DIR/train/`` is used when ``DIR/images`` is absent
@@ -25,6 +27,7 @@ data stream resumes exactly from a checkpoint's step and is the same with any nu
 
 from __future__ import annotations
 
+import functools
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -136,6 +139,19 @@ def _annotator_folder(root: Path) -> list[Pair]:
     return pairs
 
 
+@functools.lru_cache(maxsize=4)
+def _synthetic_pairs(kind: str, n: int) -> tuple[Pair, ...]:
+    """The synthetic sources (cached: they are pure functions of their arguments)."""
+    if kind == "synthetic-lesions":
+        out = []
+        for i in range(n):
+            img, masks = synthetic_annotators((64, 64), n_annotators=4, seed=i)
+            out += [Pair(f"lesion{i:03d}", img, m.astype(np.int32), k + 1) for k, m in enumerate(masks)]
+        return tuple(out)
+    return tuple(Pair(f"synth{i:03d}", *synthetic_nuclei((256, 256), rgb=kind == "synthetic", seed=i))
+                 for i in range(n))
+
+
 def load_pairs(source: str) -> list[Pair]:
     """Load all image/mask pairs of ``source`` (see the module docstring for the layouts).
 
@@ -144,15 +160,11 @@ def load_pairs(source: str) -> list[Pair]:
     InputError
         If the folder is missing, matches no layout, or an image has no mask.
     """
-    if source in ("synthetic", "synthetic-gray"):
-        rgb = source == "synthetic"
-        return [Pair(f"synth{i:03d}", *synthetic_nuclei((256, 256), rgb=rgb, seed=i)) for i in range(24)]
-    if source == "synthetic-lesions":
-        out = []
-        for i in range(12):
-            img, masks = synthetic_annotators((64, 64), n_annotators=4, seed=i)
-            out += [Pair(f"lesion{i:03d}", img, m.astype(np.int32), k + 1) for k, m in enumerate(masks)]
-        return out
+    kind, _, count = source.partition(":")
+    if kind in ("synthetic", "synthetic-gray", "synthetic-lesions"):
+        if count and not (count.isdigit() and int(count) > 0):
+            raise InputError(f"data {source!r} has a bad image count: use e.g. {kind}:8.")
+        return list(_synthetic_pairs(kind, int(count or (12 if kind == "synthetic-lesions" else 24))))
     root = Path(source)
     if not root.is_dir():
         raise InputError(f"data {root} is not a folder: pass a dataset folder or one of synthetic, "

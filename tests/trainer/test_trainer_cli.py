@@ -52,7 +52,7 @@ def test_synth_writes_a_folder_dataset(tmp_path, capsys):
 def test_train_then_resume_from_the_command_line(tmp_path, capsys):
     pytest.importorskip("torch")
     cfg = tmp_path / "tiny.toml"
-    cfg.write_text('data = "synthetic-gray"\ntile = 32\nbatch = 2\nval_images = 2\nval_tiles = 1\n'
+    cfg.write_text('data = "synthetic-gray:4"\ntile = 32\nbatch = 2\nval_images = 2\nval_tiles = 1\n'
                    'val_steps = 2\nlog_every = 0\n[net]\nbase = 8\ngroups = 4\nchannel_mults = [1, 2]\n'
                    'attention_ds = []\nattention_middle = false\nencoder_blocks = 0\n')
     out = tmp_path / "run"
