@@ -18,6 +18,7 @@ import copy
 import shutil
 import tempfile
 import time
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -120,12 +121,15 @@ def _check_compatible(model: SegModel, card: ModelCard, out_path: Path) -> bool:
 def _export_graph(module: nn.Module, args: tuple, names: list[str], dynamic: dict, path: Path,
                   card_json: str, opset: int) -> None:
     """Run the dynamo exporter and save ``path`` with the card in the metadata."""
-    prog = torch.onnx.export(
-        module, args, input_names=names, output_names=["out" if names[0] == "x" else "features"],
-        opset_version=opset, dynamo=True, dynamic_shapes=dynamic, external_data=False, verbose=False,
-    )
+    # the exporter's own warnings (axis renaming, deprecated internals) are not actionable for a user; the
+    # parity check that follows is what tells whether the graph is right
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        prog = torch.onnx.export(
+            module, args, input_names=names, output_names=["out" if names[0] == "x" else "features"],
+            opset_version=opset, dynamo=True, dynamic_shapes=dynamic, external_data=False, verbose=False,
+        )
     prog.model.metadata_props[METADATA_KEY] = card_json
-    prog.model.doc_string = "segflow model; the card is under metadata key " + METADATA_KEY
     n_bytes = sum(p.numel() * p.element_size() for p in module.parameters())
     prog.save(str(path), external_data=n_bytes > _SINGLE_FILE_LIMIT)
 
