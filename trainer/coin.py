@@ -1,0 +1,295 @@
+"""``trainer coin``: annotation-free FlowSDF training by COIN-style recursive self-distillation.
+
+Round 0 takes pseudo-labels from the images alone (:mod:`segflow.trainer.coin_seeds`: haematoxylin, Otsu and
+watershed seeds, refined by entropic optimal transport). Each instance is scored by the agreement of two
+independent views — the raw seeds against the OT-refined seeds in round 0; the model's K samples against each
+other and against the refined seeds afterwards — and kept when its score reaches COIN's per-image adaptive
+threshold ``delta_k = min(mean + std, cap)``. FlowSDF is trained on the kept instances only: the pixels of the
+other instances (and a ``margin``-px ring around them) get loss weight 0. The trained model then predicts every
+image, its instances are re-scored, and the next round trains on them (warm start). After ``rounds`` rounds
+the checkpoint is written in the usual format (``trainer export`` works on it).
+
+Substitutes for COIN's foundation models (none can be downloaded here): SAM's box-prompted refinement ->
+entropic OT over hand-made pixel features; MAE feature similarity -> IoU agreement of views.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from numpy.typing import NDArray
+from scipy import ndimage as ndi
+from segflow.runtime.confidence import adaptive_threshold, best_match_iou, instance_confidence
+from segflow.trainer.coin_seeds import refine_seeds, seed_instances
+from segflow.trainer.ema import EMA
+from segflow.trainer.flow import FlowObjective
+from segflow.trainer.nets import NetConfig, SegModel
+
+from segflow.normalize import apply_norm, as_channels, norm_stats
+from segflow.sdf import mask_to_sdf
+
+__all__ = ["CoinConfig", "PseudoLabels", "CoinResult", "pseudo_labels", "score_views", "loss_weights",
+           "predict", "self_distill", "add_arguments", "run"]
+
+HELP = "annotation-free training: OT-refined seeds, two-view confidence, recursive self-distillation"
+
+
+@dataclass(frozen=True)
+class CoinConfig:
+    """Settings of a COIN run (network via ``preset`` + ``net`` overrides)."""
+
+    rounds: int = 2
+    steps: int = 300
+    batch: int = 4
+    tile: int = 64
+    lr: float = 1e-3
+    ema: float = 0.99
+    grad_clip: float = 1.0
+    preset: str = "lite"
+    net: dict = field(default_factory=dict)
+    sdf_delta: float = 8.0
+    sigma_min: float = 1e-4
+    reg: float = 0.05
+    n_prototypes: int = 8
+    cap: float = 0.9
+    views: str = "both"
+    samples: int = 4
+    sample_steps: int = 4
+    margin: int = 2
+    seed: int = 0
+
+
+@dataclass(frozen=True)
+class PseudoLabels:
+    """Per-image pseudo-labels: instances, which are kept, the loss weight, and the scores behind them."""
+
+    labels: NDArray[np.int32]
+    keep: NDArray[np.bool_]
+    weight: NDArray[np.float32]
+    scores: NDArray[np.float64]
+    delta: float
+
+
+@dataclass(frozen=True)
+class CoinResult:
+    """The trained model, the last round's pseudo-labels, per-round statistics and the seeds of each image."""
+
+    model: SegModel
+    net: NetConfig
+    pseudo: list[PseudoLabels]
+    seeds: list[NDArray[np.int32]]
+    refined: list[NDArray[np.int32]]
+    history: list[dict[str, Any]]
+
+
+def loss_weights(labels: NDArray, keep_ids: NDArray, *, ignore: NDArray | None = None, margin: int = 2
+                 ) -> NDArray[np.float32]:
+    """1 everywhere except on dropped instances (and ``ignore`` pixels), dilated by ``margin`` px: 0 there."""
+    lab = np.asarray(labels)
+    dropped = (lab > 0) & ~np.isin(lab, keep_ids)
+    if ignore is not None:
+        dropped |= np.asarray(ignore, bool)
+    if margin > 0 and dropped.any():
+        dropped = ndi.binary_dilation(dropped, iterations=margin)
+    return np.where(dropped, 0.0, 1.0).astype(np.float32)
+
+
+def _select(labels: NDArray, scores: NDArray, cap: float, margin: int, ignore: NDArray | None = None
+            ) -> PseudoLabels:
+    ids = np.unique(labels[labels > 0])
+    delta = adaptive_threshold(scores, cap=cap)
+    keep = scores >= delta
+    w = loss_weights(labels, ids[keep], ignore=ignore, margin=margin)
+    return PseudoLabels(labels.astype(np.int32), keep, w, scores, delta)
+
+
+def pseudo_labels(images: list[NDArray], cfg: CoinConfig) -> tuple[list, list, list[PseudoLabels]]:
+    """Round 0: raw seeds, OT-refined seeds, and the refined instances scored against the raw ones."""
+    seeds, refined, pseudo = [], [], []
+    for i, img in enumerate(images):
+        s = seed_instances(img)
+        r = refine_seeds(img, s, reg=cfg.reg, n_prototypes=cfg.n_prototypes, seed=cfg.seed + i).labels
+        scores = best_match_iou(r, s, exclusive=True)  # view 1: OT-refined, view 2: Otsu/watershed
+        seeds.append(s)
+        refined.append(r)
+        pseudo.append(_select(r, scores, cfg.cap, cfg.margin))
+    return seeds, refined, pseudo
+
+
+def score_views(pred: NDArray, sample_sdfs: NDArray, refined: NDArray, views: str = "both") -> NDArray:
+    """Instance scores of a prediction: K-sample agreement, agreement with refined seeds, or their mean."""
+    if views not in ("samples", "seeds", "both"):
+        raise ValueError(f"views must be samples, seeds or both, got {views!r}")
+    s_samples = instance_confidence(pred, sample_sdfs).confidence if views != "seeds" else None
+    s_seeds = best_match_iou(pred, refined, exclusive=True) if views != "samples" else None
+    if views == "samples":
+        return s_samples
+    if views == "seeds":
+        return s_seeds
+    return (s_samples + s_seeds) / 2
+
+
+def _norm_image(img: NDArray, in_channels: int) -> NDArray[np.float32]:
+    x = as_channels(img, in_channels, name="image")
+    return apply_norm(x, norm_stats(x, {"mode": "dtype"})).astype(np.float32)
+
+
+def _tile_batch(data: list[tuple], cfg: CoinConfig, rng: np.random.Generator) -> dict[str, torch.Tensor]:
+    imgs, tgts, ws = [], [], []
+    t = cfg.tile
+    for _ in range(cfg.batch):
+        img, tgt, w = data[int(rng.integers(len(data)))]
+        y, x = int(rng.integers(img.shape[0] - t + 1)), int(rng.integers(img.shape[1] - t + 1))
+        k, flip = int(rng.integers(4)), bool(rng.integers(2))
+        parts = [np.rot90(a[y:y + t, x:x + t], k) for a in (img, tgt, w)]
+        if flip:
+            parts = [p[:, ::-1] for p in parts]
+        imgs.append(parts[0].transpose(2, 0, 1))
+        tgts.append(parts[1][None])
+        ws.append(parts[2][None])
+    return {k: torch.from_numpy(np.ascontiguousarray(np.stack(v), np.float32))
+            for k, v in (("image", imgs), ("target", tgts), ("weight", ws))}
+
+
+def weighted_flow_loss(objective: FlowObjective, model: SegModel, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+    """FlowSDF's flow-matching MSE with a per-pixel weight (0 = ignored): ``sum(w e^2) / sum(w)``."""
+    x1 = batch["target"]
+    t = torch.rand(x1.shape[0], dtype=x1.dtype)
+    ps = objective.path.sample(torch.randn_like(x1), x1, t)
+    err = (model(ps.x_t, ps.t, batch["image"]) - ps.dx_t) ** 2
+    w = batch["weight"]
+    return (w * err).sum() / w.sum().clamp_min(1.0)
+
+
+def _train_round(model, ema, opt, objective, data, cfg: CoinConfig, rng) -> list[float]:
+    model.train()
+    losses = []
+    for _ in range(cfg.steps):
+        loss = weighted_flow_loss(objective, model, _tile_batch(data, cfg, rng))
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        if cfg.grad_clip > 0:
+            torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
+        opt.step()
+        ema.update(model)
+        losses.append(float(loss.item()))
+    return losses
+
+
+@torch.no_grad()
+def predict(model: SegModel, image: NDArray, *, samples: int = 4, steps: int = 4, seed: int = 0,
+            in_channels: int = 3, multiple: int = 8) -> NDArray[np.float32]:
+    """K sampled SDFs (K, H, W) of one whole image (reflect-padded to a multiple of the net's stride)."""
+    model.eval()
+    x = _norm_image(image, in_channels)
+    h, w = x.shape[:2]
+    ph, pw = (-h) % multiple, (-w) % multiple
+    x = np.pad(x, ((0, ph), (0, pw), (0, 0)), mode="reflect")
+    img = torch.from_numpy(np.ascontiguousarray(x.transpose(2, 0, 1)))[None].repeat(samples, 1, 1, 1)
+    gen = torch.Generator().manual_seed(seed)
+    out = FlowObjective().sample(model, img, steps=steps, generator=gen)
+    return out[:, 0, :h, :w].numpy()
+
+
+def self_distill(images: list[NDArray], cfg: CoinConfig = CoinConfig(), *, log=None) -> CoinResult:
+    """Run the whole COIN loop on unlabelled ``images`` (RGB or grayscale, any size >= ``cfg.tile``)."""
+    from segflow.runtime.instances import instances_from_sdf
+
+    torch.manual_seed(cfg.seed)
+    rng = np.random.default_rng(cfg.seed)
+    in_ch = 3 if np.asarray(images[0]).ndim == 3 else 1
+    net = NetConfig.from_name(cfg.preset, **{**cfg.net, "in_channels": in_ch, "num_labels": 0})
+    model = SegModel(net)
+    ema = EMA(model, cfg.ema)
+    opt = torch.optim.Adam(model.parameters(), lr=cfg.lr)
+    objective = FlowObjective(sigma_min=cfg.sigma_min)
+    normed = [_norm_image(im, in_ch) for im in images]
+    seeds, refined, pseudo = pseudo_labels(images, cfg)
+    history = []
+    for r in range(cfg.rounds):
+        t0 = time.perf_counter()
+        data = [(x, mask_to_sdf(p.labels, cfg.sdf_delta), p.weight) for x, p in zip(normed, pseudo, strict=True)]
+        losses = _train_round(model, ema, opt, objective, data, cfg, rng)
+        new = []
+        for i, img in enumerate(images):
+            sdfs = predict(ema.shadow, img, samples=cfg.samples, steps=cfg.sample_steps, seed=cfg.seed + i,
+                           in_channels=in_ch, multiple=net.size_multiple)
+            pred = instances_from_sdf(sdfs.mean(0), method="watershed").astype(np.int32)
+            scores = score_views(pred, sdfs, refined[i], cfg.views)
+            missed = (refined[i] > 0) & (pred == 0)  # seed foreground the model missed: neither fg nor bg
+            new.append(_select(pred, scores, cfg.cap, cfg.margin, ignore=missed))
+        pseudo = new
+        stats = {"round": r + 1, "loss": float(np.mean(losses[-max(1, len(losses) // 5):])),
+                 "kept": int(sum(p.keep.sum() for p in pseudo)), "instances": int(sum(p.keep.size for p in pseudo)),
+                 "mean_delta": float(np.mean([p.delta for p in pseudo])), "seconds": time.perf_counter() - t0}
+        history.append(stats)
+        if log is not None:
+            log(stats)
+    return CoinResult(ema.shadow, net, pseudo, seeds, refined, history)
+
+
+# -- command line ------------------------------------------------------------------------------------------
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    """Flags of ``trainer coin``."""
+    p.add_argument("data", help="folder of unlabelled images (labels, if any, are ignored), or 'synthetic'")
+    p.add_argument("--out", default="runs/coin", help="output folder (checkpoint.pt, card.json, coin.json)")
+    for f in dataclasses.fields(CoinConfig):
+        if f.name == "net":
+            continue
+        flag = "--" + f.name.replace("_", "-")
+        p.add_argument(flag, dest=f.name, type=type(f.default), default=None, help=f"(default {f.default})")
+    p.add_argument("--base", type=int, default=None, help="network base width override")
+    p.add_argument("--max-images", type=int, default=0, help="use at most this many images (0 = all)")
+
+
+def _load_images(source: str, limit: int) -> list[NDArray]:
+    from segflow.trainer.data import load_pairs
+
+    pairs = load_pairs(source)
+    names, images = set(), []
+    for pair in pairs:
+        if pair.name not in names:
+            names.add(pair.name)
+            images.append(pair.image)
+    return images[:limit] if limit else images
+
+
+def run(args: argparse.Namespace) -> int:
+    """Run COIN self-distillation and write a checkpoint in the ``trainer train`` format."""
+    from segflow.trainer.train import rng_state, save_checkpoint
+
+    from segflow.card import ModelCard
+    from segflow.imageio import write_json
+
+    overrides = {f.name: getattr(args, f.name) for f in dataclasses.fields(CoinConfig)
+                 if f.name != "net" and getattr(args, f.name, None) is not None}
+    cfg = dataclasses.replace(CoinConfig(), **overrides, net={"base": args.base} if args.base else {})
+    images = _load_images(args.data, args.max_images)
+    result = self_distill(images, cfg, log=lambda s: print(f"coin round {s['round']}: loss {s['loss']:.4f}, kept "
+                                                           f"{s['kept']}/{s['instances']} instances, "
+                                                           f"{s['seconds']:.1f} s", file=sys.stderr))
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    card = ModelCard(kind="flowsdf", preset=cfg.preset if not cfg.net else "custom", tile=cfg.tile,
+                     in_channels=result.net.in_channels, feature_channels=result.net.base,
+                     normalisation={"mode": "dtype"}, sdf_delta=cfg.sdf_delta, threshold=0.0, target="sdf",
+                     sigma_min=cfg.sigma_min, training_data=f"{args.data} (unlabelled, COIN pseudo-labels)",
+                     licence="of the images used", sampling={"steps": cfg.sample_steps, "method": "euler",
+                                                            "samples": cfg.samples},
+                     extra={"coin": dataclasses.asdict(cfg), "history": result.history})
+    state = result.model.state_dict()
+    save_checkpoint(out / "checkpoint.pt", model=state, ema=state, optimizer={}, step=cfg.rounds * cfg.steps,
+                    config={"kind": "flowsdf", "preset": cfg.preset, "coin": dataclasses.asdict(cfg)},
+                    net=result.net.to_dict(), card=card.to_dict(), rng=rng_state())
+    write_json(out / "card.json", card.to_dict())
+    write_json(out / "coin.json", {"config": dataclasses.asdict(cfg), "history": result.history})
+    print(f"coin: wrote {out / 'checkpoint.pt'}", file=sys.stderr)
+    return 0
