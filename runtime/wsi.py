@@ -200,10 +200,6 @@ class _Run:
                 yield y, min(y + b, self.h), x, min(x + b, self.w)
 
     # -- pass 1: maps ------------------------------------------------------------------------------------------
-    def _window(self, t: Tile) -> NDArray:
-        win = self.view.read(self.ox + t.x, self.oy + t.y, t.valid[1], t.valid[0])
-        return pad_to_tile(as_channels(win, self.seg.card.in_channels, name=self.view.reader.path), t.size)
-
     def _has_tissue(self, t: Tile) -> bool:
         if self.tissue is None:
             return True
@@ -229,7 +225,14 @@ class _Run:
             from segflow.runtime.session import Cancelled
 
             raise Cancelled("segmentation was cancelled by the caller; nothing was kept.")
-        pairs = ((t, self._window(t)) for t in run)
+        if not run:
+            return
+        by, bx = min(t.y for t in run), min(t.x for t in run)  # read the block's pixels once, cut windows
+        bh, bw = max(t.y + t.valid[0] for t in run) - by, max(t.x + t.valid[1] for t in run) - bx
+        area = as_channels(self.view.read(self.ox + bx, self.oy + by, bw, bh), self.seg.card.in_channels,
+                           name=self.view.reader.path)
+        pairs = ((t, pad_to_tile(area[t.y - by:t.y - by + t.valid[0], t.x - bx:t.x - bx + t.valid[1]], t.size))
+                 for t in run)
         for t, samples in self.seg.predict_tiles(pairs, stats=self.stats, progress=self._tick, cancel=self.cancel):
             self.cache[t.index] = np.asarray(samples, np.float32)
 
