@@ -25,10 +25,10 @@ plat=(--only-binary=:all: --python-version 3.12 --implementation cp --platform m
 
 case "${1:-help}" in
   prepare)  # here (network): fetch wheels, split the big ones into <= 60 MiB parts, one folder per device call
-    grep -qx '/.gpu/' .git/info/exclude 2>/dev/null || echo '/.gpu/' >> .git/info/exclude
+    ex="$(git rev-parse --git-dir)/info/exclude"; mkdir -p "$(dirname "$ex")"
+    grep -qx '/.gpu/' "$ex" 2>/dev/null || echo '/.gpu/' >> "$ex"
     rm -rf .gpu && mkdir -p .gpu/dl .gpu/small
     $PY -m pip download --no-deps "${plat[@]}" -d .gpu/dl "$ORT_GPU" "${TRT_RTX[@]}"
-    $PY -m pip download --no-deps -d .gpu/dl tensorrt-rtx-cu13==1.7.1.116   # sdist shim providing `tensorrt_rtx`
     n=0
     for f in .gpu/dl/*; do
       if [ "$(stat -c %s "$f")" -gt $((60 << 20)) ]; then
@@ -38,7 +38,6 @@ case "${1:-help}" in
       fi
     done
     for p in .gpu/*.part*; do n=$((n + 1)); mkdir -p ".gpu/part$n"; mv "$p" ".gpu/part$n/"; done
-    (cd .gpu && sha256sum dl/* small/* 2>/dev/null; true) > /dev/null
     ls -l .gpu/*/ && echo "parts: $n (one device call each: carry .gpu/partN, run 'scripts/gpu_session.sh join N')"
     ;;
   join)     # device: append the carried part to the staging folder (machine must stay warm between calls)
@@ -52,7 +51,9 @@ case "${1:-help}" in
     done
     cp .gpu/small/*.whl "$STAGE/whl/" 2>/dev/null || true
     $PY -m pip install -q --no-index --no-deps --no-compile --target "$STAGE/site" "$STAGE"/whl/*.whl
-    for s in .gpu/small/*.tar.gz; do tar xzf "$s" -C "$STAGE" && cp -r "$STAGE"/tensorrt_rtx_cu13-*/tensorrt_rtx "$STAGE/site/"; done
+    mkdir -p "$STAGE/site/tensorrt_rtx"   # the import name `tensorrt_rtx` (what the tensorrt-rtx-cu13 sdist adds)
+    printf 'from tensorrt_rtx_bindings import *  # noqa\nfrom tensorrt_rtx_bindings import __version__  # noqa\n' \
+        > "$STAGE/site/tensorrt_rtx/__init__.py"
     $PY -m pip install -q --no-deps --no-build-isolation -e . >/dev/null
     PYTHONPATH="$STAGE/site" $PY - <<'EOF'
 import onnxruntime as ort, cupy
