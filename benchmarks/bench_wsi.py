@@ -134,7 +134,7 @@ def main(argv: list[str] | None = None) -> int:
         r = run(base + extra)
         stem = Path(extra[0]).name.split(".")[0]
         summary = json.loads((Path(extra[2]) / f"{stem}.json").read_text())
-        n = summary.get("n_instances", len(summary.get("instances", [])))
+        n = summary["n_instances"] if "n_instances" in summary else summary["instances"]["count"]
         tiles = summary.get("tiles_run", summary.get("timings", {}).get("tiles"))
         rows.append({"config": label, "size": size, "wall_s": r["wall_s"], "peak_rss_mib": r["peak_rss_mib"],
                      "instances": n, "tiles_run": tiles,
