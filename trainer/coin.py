@@ -162,8 +162,9 @@ def _tile_batch(data: list[tuple], cfg: CoinConfig, rng: np.random.Generator) ->
 def weighted_flow_loss(objective: FlowObjective, model: SegModel, batch: dict[str, torch.Tensor]) -> torch.Tensor:
     """FlowSDF's flow-matching MSE with a per-pixel weight (0 = ignored): ``sum(w e^2) / sum(w)``."""
     x1 = batch["target"]
+    x0 = torch.randn_like(x1)  # same draw order as FlowObjective.loss: noise, then times
     t = torch.rand(x1.shape[0], dtype=x1.dtype)
-    ps = objective.path.sample(torch.randn_like(x1), x1, t)
+    ps = objective.path.sample(x0, x1, t)
     err = (model(ps.x_t, ps.t, batch["image"]) - ps.dx_t) ** 2
     w = batch["weight"]
     return (w * err).sum() / w.sum().clamp_min(1.0)
