@@ -11,11 +11,10 @@ How a cohort runs
 3. **Workers** are Ray actors (:class:`CohortWorker`) that load the engine once. With GPUs there is one actor
    per GPU (``num_gpus=1``); on CPU-only machines ``workers x threads <= cores`` so ONNX Runtime threads never
    oversubscribe the machine.
-4. **Units of work**: an ordinary image or a slide is one unit. A very large slide (more level pixels than
-   ``split_pixels``) is split into *region units*: each region unit computes the sampled maps of a band of
-   processing blocks into the slide's shared staging store, and a final *join unit* labels the whole slide
-   with the same block/seam rules as ``runtime segment`` (:mod:`segflow.runtime.wsi`), so no instance is cut
-   or duplicated at a region border and the result equals the single-machine one.
+4. **Units of work**: an ordinary image or a slide is one unit. Slides go through the whole-slide path of
+   ``runtime segment`` (:mod:`segflow.runtime.wsi`: bounded memory, seam-free labels), so a cohort's outputs
+   equal those of ``runtime segment`` on each slide. (Splitting one huge slide into region units spread over
+   several workers is not built yet; see docs/cohorts.md.)
 5. **Failures**: a bad input raises a :class:`~segflow.errors.SegflowError` inside the worker and marks that
    slide ``failed`` with its sentence (not retried in this run). A worker that dies (killed, out of memory, lost
    node) is restarted by Ray (``max_restarts``) and its unit retried up to ``max_retries`` times; after that the
@@ -63,8 +62,6 @@ class CohortOptions:
         ONNX Runtime threads per CPU actor (default: ``cores // workers``, at least 1).
     max_retries : int
         Retries of a unit whose worker died (Ray actor restarts and task retries are bounded by it).
-    split_pixels : int
-        Slides with more processing-level pixels than this are split into region units.
     address : str, optional
         ``HOST:PORT`` of an existing Ray cluster (default: ``RAY_ADDRESS``, else a local Ray started and
         stopped by the run).
@@ -75,7 +72,6 @@ class CohortOptions:
     workers: int | None = None
     threads: int | None = None
     max_retries: int = 2
-    split_pixels: int = 400_000_000
     address: str | None = None
 
     def run_key(self, card_digest: str) -> str:
