@@ -116,6 +116,24 @@ COMMANDS = {
 }
 
 
+def _coin_command():
+    """``trainer coin`` (segflow.trainer.coin needs torch); a stub that explains if it cannot load."""
+    help_ = "annotation-free training: OT-refined seeds, two-view confidence, recursive self-distillation"
+    try:
+        mod = importlib.import_module("segflow.trainer.coin")
+    except ImportError as exc:
+        reason = str(exc)
+
+        def missing_args(p: argparse.ArgumentParser) -> None:
+            p.add_argument("rest", nargs=argparse.REMAINDER)
+
+        def missing_run(args: argparse.Namespace) -> int:
+            raise SegflowError(f"`trainer coin` is unavailable here ({reason}): install segflow[train].")
+
+        return help_, None, missing_args, missing_run
+    return mod.HELP, getattr(mod, "DESCRIPTION", None), mod.add_arguments, mod.run
+
+
 def _export_command():
     """``segflow.export.cli``'s (DESCRIPTION, add_arguments, run); a stub that explains if it cannot load."""
     try:
@@ -142,7 +160,8 @@ def build_parser() -> argparse.ArgumentParser:
     commands = {name: (help_, None, add, run) for name, (help_, add, run) in COMMANDS.items()}
     commands["export"] = ("export a checkpoint to ONNX graphs (encoder + field) with the model card, "
                           "checking parity with PyTorch", *_export_command())
-    for name in ("train", "export", "synth"):
+    commands["coin"] = _coin_command()
+    for name in ("train", "export", "coin", "synth"):
         help_, description, add, run = commands[name]
         p = sub.add_parser(name, help=help_, description=description or help_[0].upper() + help_[1:] + ".",
                            formatter_class=argparse.RawDescriptionHelpFormatter)
