@@ -28,10 +28,7 @@ def as_channels(image: NDArray, in_channels: int, *, name: str = "image") -> NDA
         return np.repeat(img, 3, axis=2)
     if c == 3 and in_channels == 1:
         w = np.array([0.299, 0.587, 0.114], np.float32)
-        lum = img.astype(np.float32) @ w  # keep the dtype so the "dtype" normalisation still applies
-        if img.dtype.kind in "ui":
-            lum = np.clip(np.round(lum), 0, np.iinfo(img.dtype).max)
-        return lum[..., None].astype(img.dtype)
+        return (img.astype(np.float32) @ w)[..., None].astype(img.dtype if img.dtype.kind == "f" else np.float32)
     raise InputError(f"{name} has {c} channels but the model takes {in_channels}: convert it to 1 or 3 channels.")
 
 
