@@ -21,7 +21,6 @@ from typing import Any
 
 import numpy as np
 from numpy.typing import NDArray
-from segflow.runtime import instances as _instances
 from segflow.runtime.blend import accumulate, blend_weights
 from segflow.runtime.sampling import FlowSDFSampler, SamplerStats, flowsdf_sample, tile_noise
 from segflow.runtime.session import Segmentation, Segmenter
@@ -214,19 +213,3 @@ class DeviceSegmenter(Segmenter):
                    "encoder_tiles": sstats.encoder_tiles, "field_calls": sstats.field_calls,
                    "sample_evaluations": sstats.sample_evals, "total_s": time.perf_counter() - t_start}
         return Segmentation(sample_sdfs=maps[0], timings=timings, **result)
-
-    def _finish_maps(self, sample_sdfs: NDArray, mean: NDArray, std: NDArray, prob: NDArray, *, seed: int
-                     ) -> dict[str, Any]:
-        thr = self.card.threshold
-        t0 = time.perf_counter()
-        labels = _instances.instances_from_sdf(mean, method=self.instance_method, threshold=thr)
-        t_inst = time.perf_counter() - t0
-        t0 = time.perf_counter()
-        rows = _instances.instance_table(labels, mean, std, sample_sdfs, threshold=thr)
-        t_conf = time.perf_counter() - t0
-        s = self.settings
-        return {"labels": labels, "mean_sdf": mean, "std": std, "prob": prob, "mask": mean <= thr,
-                "samples": s.samples, "steps": s.steps, "method": s.method, "nfe": self.nfe,
-                "noise_iterations": s.noise_iterations, "seed": seed, "stride": self.stride, "blend": self.blend,
-                "instance_method": self.instance_method, "backend": self.backend_info, "card": self.card,
-                "instances": tuple(rows), "timings": {"instances_s": t_inst, "instance_table_s": t_conf}}

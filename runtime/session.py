@@ -327,6 +327,12 @@ class Segmenter:
         mean = sample_sdfs.mean(axis=0, dtype=np.float64).astype(np.float32)
         std = sample_sdfs.std(axis=0, dtype=np.float64).astype(np.float32)
         prob = (sample_sdfs <= thr).mean(axis=0, dtype=np.float64).astype(np.float32)
+        return self._finish_maps(sample_sdfs, mean, std, prob, seed=seed)
+
+    def _finish_maps(self, sample_sdfs: NDArray, mean: NDArray, std: NDArray, prob: NDArray, *, seed: int
+                     ) -> dict[str, Any]:
+        """Instances, the instance table and the result fields from the reduced maps (shared with the GPU path)."""
+        thr = self.card.threshold
         t0 = time.perf_counter()
         labels = _instances.instances_from_sdf(mean, method=self.instance_method, threshold=thr)
         t_inst = time.perf_counter() - t0
