@@ -7,6 +7,8 @@ import shutil
 
 import numpy as np
 import pytest
+
+pytest.importorskip("zarr", reason="slide reading needs the wsi extra: pip install -e '.[wsi]'")
 import tifffile
 from segflow.runtime.slide import ArrayReader, LevelChoice, LevelView, choose_level, is_slide, open_slide
 from slide_helpers import write_pyramid

@@ -7,6 +7,8 @@ import os
 
 import numpy as np
 import pytest
+
+pytest.importorskip("zarr", reason="slide reading needs the wsi extra: pip install -e '.[wsi]'")
 from segflow.runtime import geojson
 from segflow.runtime.ometiff import read_level
 from segflow.runtime.session import Cancelled, Segmenter
