@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-
-from segflow.card import ModelCard
 from segflow.runtime.backends.onnxrt import OrtBackend
 from segflow.runtime.sampling import FlowSDFSampler, SamplingSettings, tile_noise
+
+from segflow.card import ModelCard
 
 pytestmark = pytest.mark.torch
 
@@ -51,12 +51,19 @@ def _torch_sample(model, image, noise, steps, method):
     return x.numpy()
 
 
-@pytest.mark.parametrize("method", ["euler", "heun"])
-def test_ort_sampling_matches_torch(tmp_path, method):
+@pytest.fixture(scope="module")
+def exported(tmp_path_factory):
     model, cfg = _tiny_model()
     onnx_mod = pytest.importorskip("segflow.export.onnx")
     card = ModelCard(kind="flowsdf", preset="custom", tile=TILE, in_channels=1, feature_channels=cfg.base)
-    onnx_mod.export_model(model, card, tmp_path / "tiny.onnx", check=False)
+    d = tmp_path_factory.mktemp("tiny")
+    onnx_mod.export_model(model, card, d / "tiny.onnx", check=False, exporter="torchscript")
+    return model, card, d
+
+
+@pytest.mark.parametrize("method", ["euler", "heun"])
+def test_ort_sampling_matches_torch(exported, method):
+    model, card, tmp_path = exported
     image = np.random.default_rng(0).uniform(-1, 1, (1, 1, TILE, TILE)).astype(np.float32)
     k, steps, seed = 3, 3, 5
     with OrtBackend(tmp_path / "tiny.onnx", device="cpu") as f, \
