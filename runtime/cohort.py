@@ -290,7 +290,9 @@ def _start_ray(address: str | None, cores: int):
     if address:
         ray.init(address=address, **kwargs)
     else:
-        ray.init(num_cpus=cores, **kwargs)
+        # a local one-machine Ray needs only the loopback interface; letting Ray pick the "node IP" chose an
+        # unreachable address on sandboxed hosts and the start timed out
+        ray.init(num_cpus=cores, _node_ip_address="127.0.0.1", **kwargs)
     return ray, not address
 
 
