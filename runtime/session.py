@@ -26,7 +26,7 @@ from segflow.runtime.tiling import Tile, extract_tile, plan_tiles
 
 from segflow.card import ModelCard, load_card, resolve_engine
 from segflow.errors import InputError, ModelCardError, SegflowError
-from segflow.normalize import apply_norm, as_channels, dtype_scale, norm_stats
+from segflow.normalize import apply_norm, channels_and_stats, dtype_scale
 
 __all__ = ["Segmenter", "Segmentation", "Cancelled", "iter_tiles", "SAMPLERS"]
 
@@ -240,10 +240,7 @@ class Segmenter:
         """Check an image and return it as (H, W, C) per the card, with its normalisation statistics."""
         raw = np.asarray(image)
         _check_dtype(raw, name)
-        img = as_channels(raw, self.card.in_channels, name=name)
-        # RGB -> gray turns integer images into float luminance: keep the input dtype's scale for "dtype" mode
-        spec = self.card.normalisation
-        return img, norm_stats(raw if spec.get("mode") == "dtype" else img, spec)
+        return channels_and_stats(raw, self.card.in_channels, self.card.normalisation, name=name)
 
     def predict_tiles(self, tiles: Iterable[tuple[Tile, NDArray]], *, stats: tuple[float, float],
                       seed: int | None = None, progress: Callable[[int], None] | None = None,

@@ -39,7 +39,7 @@ def dtype_scale(dtype: np.dtype) -> float:
         return 255.0
     if dtype == np.uint16:
         return 65535.0
-    if dtype == bool:
+    if dtype.kind == "b":
         return 1.0
     if dtype.kind == "f":
         return 1.0
@@ -69,6 +69,19 @@ def apply_norm(image: NDArray, stats: tuple[float, float]) -> NDArray[np.float32
     off, scale = stats
     x = (np.asarray(image, np.float32) - off) / scale
     return (np.clip(x, 0.0, 1.0) * 2.0 - 1.0).astype(np.float32)
+
+
+def channels_and_stats(image: NDArray, in_channels: int, spec: dict, *,
+                       name: str = "image") -> tuple[NDArray, tuple[float, float]]:
+    """Return ``image`` as (H, W, ``in_channels``) and its normalisation statistics, the same way everywhere.
+
+    RGB -> gray (:func:`as_channels`) turns an integer image into float luminance, so in ``dtype`` mode the
+    scale must come from the input's dtype (255 for uint8), not from the float result (1.0). Training, COIN
+    and the runtime all go through here, so a 1-channel model sees the same values in each.
+    """
+    raw = np.asarray(image)
+    img = as_channels(raw, in_channels, name=name)
+    return img, norm_stats(raw if spec.get("mode", "dtype") == "dtype" else img, spec)
 
 
 def normalize(image: NDArray, spec: dict) -> NDArray[np.float32]:

@@ -33,7 +33,7 @@ from segflow.trainer.ema import EMA
 from segflow.trainer.flow import FlowObjective
 from segflow.trainer.nets import NetConfig, SegModel
 
-from segflow.normalize import apply_norm, as_channels, norm_stats
+from segflow.normalize import apply_norm, channels_and_stats
 from segflow.sdf import mask_to_sdf
 
 __all__ = ["CoinConfig", "PseudoLabels", "CoinResult", "pseudo_labels", "score_views", "loss_weights",
@@ -138,8 +138,8 @@ def score_views(pred: NDArray, sample_sdfs: NDArray, refined: NDArray, views: st
 
 
 def _norm_image(img: NDArray, in_channels: int) -> NDArray[np.float32]:
-    x = as_channels(img, in_channels, name="image")
-    return apply_norm(x, norm_stats(x, {"mode": "dtype"})).astype(np.float32)
+    x, stats = channels_and_stats(img, in_channels, {"mode": "dtype"}, name="image")
+    return apply_norm(x, stats).astype(np.float32)
 
 
 def _tile_batch(data: list[tuple], cfg: CoinConfig, rng: np.random.Generator) -> dict[str, torch.Tensor]:

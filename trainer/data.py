@@ -38,7 +38,7 @@ from numpy.typing import NDArray
 
 from segflow.errors import InputError
 from segflow.imageio import IMAGE_SUFFIXES, read_image
-from segflow.normalize import apply_norm, as_channels, norm_stats
+from segflow.normalize import apply_norm, channels_and_stats
 from segflow.sdf import binary_target, mask_to_sdf
 from segflow.synthetic import synthetic_annotators, synthetic_nuclei
 
@@ -211,11 +211,11 @@ class Prepared:
 
 def prepare(pair: Pair, *, in_channels: int, normalisation: dict, target: str, sdf_delta: float) -> Prepared:
     """Normalise the whole image and compute the whole-image target once."""
-    img = as_channels(pair.image, in_channels, name=f"image {pair.name}")
+    img, stats = channels_and_stats(pair.image, in_channels, normalisation, name=f"image {pair.name}")
     if img.shape[:2] != pair.labels.shape:
         raise InputError(f"image {pair.name} is {img.shape[:2]} but its mask is {pair.labels.shape}: "
                          "use masks of the image's size.")
-    norm = apply_norm(img, norm_stats(img, normalisation))
+    norm = apply_norm(img, stats)
     tgt = mask_to_sdf(pair.labels, sdf_delta) if target == "sdf" else binary_target(pair.labels)
     return Prepared(norm, tgt, pair.labels != 0, pair.label)
 
