@@ -16,7 +16,6 @@ from pathlib import Path
 
 import numpy as np
 from scipy import ndimage as ndi
-
 from segflow.runtime.blend import BLENDS, Blender, seam_ratio
 from segflow.runtime.tiling import extract_tile, plan_tiles
 
@@ -41,7 +40,6 @@ def edge_model_ratios(size: int = 256, tile: int = 64, stride: int = 48) -> dict
 def model_ratios(engine: Path, size: int, samples: int) -> dict[str, float]:
     """Seam ratio of the mean SDF for each blend with a real engine."""
     from bench_runtime import test_image
-
     from segflow.runtime.session import Segmenter
 
     out = {}

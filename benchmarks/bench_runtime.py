@@ -89,10 +89,10 @@ def build_reference(card, checkpoint: str | None):
 def export_random_lite(tmp: Path, tile: int) -> Path:
     """Export a random `lite` model (tile ``tile``) to ``tmp`` and return its field graph."""
     import torch
-
-    from segflow.card import ModelCard
     from segflow.export.onnx import export_model
     from segflow.trainer.nets import NetConfig, SegModel
+
+    from segflow.card import ModelCard
 
     cfg = NetConfig.from_name("lite", in_channels=3)
     torch.manual_seed(0)
@@ -104,9 +104,9 @@ def export_random_lite(tmp: Path, tile: int) -> Path:
 def reference_tiles(model, image: np.ndarray, card, plan, *, samples: int, steps: int, threads: int) -> float:
     """Seconds per tile of the reference-style sampler over ``plan`` (Euler, encoder recomputed every step)."""
     import torch
+    from segflow.runtime.tiling import extract_tile
 
     from segflow.normalize import apply_norm, norm_stats
-    from segflow.runtime.tiling import extract_tile
 
     torch.set_num_threads(threads)
     stats = norm_stats(image, card.normalisation)
@@ -164,9 +164,10 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--quick", action="store_true", help="smoke run: 256 px image, 2 reference tiles, no 1000 px")
     args = ap.parse_args(argv)
 
-    from segflow.card import load_card, resolve_engine
     from segflow.runtime.backends.onnxrt import physical_cores
     from segflow.runtime.tiling import plan_tiles
+
+    from segflow.card import load_card, resolve_engine
 
     threads = args.threads or physical_cores()
     size, ref_tiles = (256, 2) if args.quick else (args.size, args.ref_tiles)

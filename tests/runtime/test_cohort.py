@@ -10,12 +10,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 import tifffile
-
 from segflow.runtime.cohort import CohortOptions, default_workers, read_inputs, run_cohort
 from segflow.runtime.commands import batch as batch_cmd
-from segflow.synthetic import synthetic_nuclei
-
 from slide_helpers import make_engine, write_pyramid
+
+from segflow.synthetic import synthetic_nuclei
 
 ray = pytest.importorskip("ray")
 
