@@ -32,6 +32,7 @@ from segflow.trainer.coin_seeds import refine_seeds, seed_instances
 from segflow.trainer.ema import EMA
 from segflow.trainer.flow import FlowObjective
 from segflow.trainer.nets import NetConfig, SegModel
+from segflow.trainer.train import optimiser_step
 
 from segflow.normalize import apply_norm, channels_and_stats
 from segflow.sdf import mask_to_sdf
@@ -175,13 +176,7 @@ def _train_round(model, ema, opt, objective, data, cfg: CoinConfig, rng) -> list
     losses = []
     for _ in range(cfg.steps):
         loss = weighted_flow_loss(objective, model, _tile_batch(data, cfg, rng))
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        if cfg.grad_clip > 0:
-            torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
-        opt.step()
-        ema.update(model)
-        losses.append(float(loss.item()))
+        losses.append(optimiser_step(model, ema, opt, loss, cfg.grad_clip))
     return losses
 
 

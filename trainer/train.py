@@ -156,6 +156,18 @@ def load_checkpoint(path: str | Path) -> dict[str, Any]:
     return ckpt
 
 
+def optimiser_step(model: torch.nn.Module, ema: EMA, opt: torch.optim.Optimizer, loss: torch.Tensor,
+                   grad_clip: float) -> float:
+    """One update: backward, optional gradient-norm clipping, step, EMA update; return the loss value."""
+    opt.zero_grad(set_to_none=True)
+    loss.backward()
+    if grad_clip > 0:
+        torch.nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
+    opt.step()
+    ema.update(model)
+    return float(loss.item())
+
+
 def save_checkpoint(path: Path, **entries: Any) -> None:
     """Write the checkpoint atomically (a crash never leaves a truncated file)."""
     with atomic_path(path) as tmp:
@@ -254,14 +266,7 @@ def train(cfg: TrainConfig, *, command: str = "") -> TrainResult:
         batch = {k: v.to(device) for k, v in batch.items()}
         for group in opt.param_groups:
             group["lr"] = get_lr(cfg, step)
-        loss = objective.loss(model, batch)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        if cfg.grad_clip > 0:
-            torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
-        opt.step()
-        ema.update(model)
-        losses.append(float(loss.item()))
+        losses.append(optimiser_step(model, ema, opt, objective.loss(model, batch), cfg.grad_clip))
         done = step + 1
         bar.update(1, postfix=f"loss {losses[-1]:.4f}")
         if not tty and cfg.log_every and done % cfg.log_every == 0:
