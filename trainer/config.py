@@ -59,6 +59,8 @@ class TrainConfig:
     sdf_delta: float = _f(8.0, "SDF truncation in pixels")
     sigma_min: float = _f(1e-4, "flow-matching sigma_min")
     threshold: float = _f(0.0, "mask = state <= threshold (written to the model card)")
+    pixel_size_um: float = _f(0.0, "micrometres per pixel of the training images, written to the model card so "
+                                   "whole slides are read at the matching pyramid level (0 = unknown)")
     val_every: int = _f(500, "validate and checkpoint every N steps (0 = only at the end)")
     val_tiles: int = _f(4, "tiles per held-out image used for validation")
     val_steps: int = _f(4, "integration steps when sampling for validation (and the card's default)")

@@ -182,6 +182,7 @@ def build_card(cfg: TrainConfig, net: NetConfig, objective: Objective, val: dict
     fields = dict(preset=cfg.preset if not cfg.net else "custom", tile=cfg.tile, in_channels=net.in_channels,
                   feature_channels=net.base, normalisation=norm, sdf_delta=cfg.sdf_delta, threshold=cfg.threshold,
                   target=cfg.target, sigma_min=cfg.sigma_min, training_data=cfg.data_name or name,
+                  pixel_size_um=cfg.pixel_size_um or None,
                   licence=cfg.data_licence or licence, version=__version__,
                   sampling={"steps": cfg.val_steps, "method": cfg.val_method, "samples": 4},
                   extra={**extra, "val": val})

@@ -59,12 +59,14 @@ def test_resume_reproduces_the_uninterrupted_run(tmp_path):
 
 
 def test_checkpoint_is_weights_only_and_carries_the_card(tmp_path):
-    result = train(load_config(overrides=tiny_overrides(tmp_path, steps=2, target="binary", sdf_delta=6.0)))
+    result = train(load_config(overrides=tiny_overrides(tmp_path, steps=2, target="binary", sdf_delta=6.0,
+                                                        pixel_size_um=0.5)))
     ckpt = torch.load(result.checkpoint, weights_only=True)
     assert set(ckpt) >= {"model", "ema", "optimizer", "step", "config", "net", "card", "rng"}
     card = ModelCard.from_dict(ckpt["card"])
     assert card == result.card
     assert (card.kind, card.target, card.tile, card.in_channels, card.sdf_delta) == ("flowsdf", "binary", 32, 1, 6.0)
+    assert card.pixel_size_um == 0.5
     assert card.feature_channels == ckpt["net"]["base"] == 8
     assert card.training_data == "segflow synthetic" and card.licence.startswith("MIT")
     assert set(card.extra["val"]) == {"dice", "iou"} and 0.0 <= card.extra["val"]["dice"] <= 1.0
