@@ -24,6 +24,7 @@ from pathlib import Path
 import numpy as np
 import onnxruntime as ort
 import torch
+from segflow.export.onnx import EXPORTERS, _export_graph
 from segflow.trainer.nets import NetConfig, SegModel
 
 RESULTS = Path(__file__).parent / "results"
@@ -35,21 +36,21 @@ NETS = {
 
 
 def export_encoder(model: SegModel, path: Path, mode: str, side: int) -> None:
+    """``dynamo`` and ``torchscript`` go through the product's own ``_export_graph``; only the optimiser-off
+    variant (which the product does not offer) calls ``torch.onnx.export`` here."""
     image = torch.rand(2, model.cfg.in_channels, side, side) * 2 - 1
     k = model.cfg.size_multiple
+    b = torch.export.Dim("batch", min=1, max=4096)
+    h, w = torch.export.Dim("h", min=1, max=16384 // k), torch.export.Dim("w", min=1, max=16384 // k)
+    spatial = {"image": {0: b, 2: k * h, 3: k * w}}
+    if mode in EXPORTERS:
+        _export_graph(model.encoder, (image,), ["image"], spatial, path, "{}", 18, mode)
+        return
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        if mode == "torchscript":
-            torch.onnx.export(model.encoder, (image,), str(path), input_names=["image"], output_names=["features"],
-                              opset_version=18, dynamo=False,
-                              dynamic_axes={"image": {0: "b", 2: "h", 3: "w"}, "features": {0: "b", 2: "h", 3: "w"}})
-            return
-        b = torch.export.Dim("batch", min=1, max=4096)
-        h, w = torch.export.Dim("h", min=1, max=16384 // k), torch.export.Dim("w", min=1, max=16384 // k)
         prog = torch.onnx.export(model.encoder, (image,), input_names=["image"], output_names=["features"],
-                                 opset_version=18, dynamo=True, dynamic_shapes={"image": {0: b, 2: k * h, 3: k * w}},
-                                 optimize=mode == "dynamo")
-        prog.save(str(path))
+                                 opset_version=18, dynamo=True, dynamic_shapes=spatial, optimize=False)
+    prog.save(str(path))
 
 
 def main() -> None:

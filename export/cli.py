@@ -46,7 +46,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--no-check", dest="check", action="store_false", help="skip the parity check")
     parser.add_argument("--exporter", choices=("dynamo", "torchscript"), default="dynamo",
                         help="PyTorch exporter: dynamo (default; torch.export + graph optimiser) or torchscript "
-                             "(the older tracer, 40-90x faster, deprecated upstream); both are parity-checked")
+                             "(the older tracer, ~10x faster, deprecated upstream); both are parity-checked")
 
 
 def run(args: argparse.Namespace) -> int:

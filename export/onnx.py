@@ -126,7 +126,7 @@ def _export_graph(module: nn.Module, args: tuple, names: list[str], dynamic: dic
     """Export ``module`` with ``exporter`` and save ``path`` with the card in the metadata.
 
     ``dynamo`` (the default) traces with ``torch.export`` and runs the onnxscript optimiser; ``torchscript``
-    uses PyTorch's older tracing exporter, which is 40-90x faster on small nets (benchmarks/bench_export.py) but
+    uses PyTorch's older tracing exporter, which is ~10x faster on small nets (benchmarks/bench_export.py) but
     deprecated upstream. Both graphs are checked against PyTorch by the same parity check.
     """
     out_name = "out" if names[0] == "x" else "features"

@@ -140,7 +140,7 @@ def score_views(pred: NDArray, sample_sdfs: NDArray, refined: NDArray, views: st
 
 def _norm_image(img: NDArray, in_channels: int) -> NDArray[np.float32]:
     x, stats = channels_and_stats(img, in_channels, {"mode": "dtype"}, name="image")
-    return apply_norm(x, stats).astype(np.float32)
+    return apply_norm(x, stats)
 
 
 def _tile_batch(data: list[tuple], cfg: CoinConfig, rng: np.random.Generator) -> dict[str, torch.Tensor]:
