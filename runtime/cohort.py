@@ -30,6 +30,7 @@ import csv
 import hashlib
 import json
 import os
+import shutil
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
@@ -65,6 +66,10 @@ class CohortOptions:
     address : str, optional
         ``HOST:PORT`` of an existing Ray cluster (default: ``RAY_ADDRESS``, else a local Ray started and
         stopped by the run).
+    region_blocks : int
+        A slide with more processing blocks than this (``slide["block"]``, default 2048² pixels each) is split
+        into region units of about this many blocks, spread over the workers and joined seam-free; 0 never
+        splits. Splitting does not change the outputs.
     """
 
     segmenter: dict = field(default_factory=dict)
@@ -73,6 +78,7 @@ class CohortOptions:
     threads: int | None = None
     max_retries: int = 2
     address: str | None = None
+    region_blocks: int = 16
 
     def run_key(self, card_digest: str) -> str:
         """Hash of what determines the outputs: the model card and the sampling/slide settings."""
@@ -169,20 +175,49 @@ def _segment_image(seg: Any, path: Path, out: Path) -> dict:
             "tiles": int(res.timings.get("tiles", 0)), "timings": {"total_s": res.timings["total_s"]}}
 
 
-def _segment_slide(seg: Any, path: Path, out: Path, slide: dict, sid: str) -> dict:
-    from segflow.runtime.slide import open_slide
-    from segflow.runtime.wsi import SlideOptions, segment_slide
+def work_dir(out: str | Path, sid: str) -> Path:
+    """Shared folder holding the maps of a slide that was split into region units."""
+    return Path(out) / f".{sid}.regions"
 
-    with open_slide(path) as reader:
-        res = segment_slide(seg, reader, out, name=sid, options=SlideOptions(**slide))
+
+def _slide_done(res: Any) -> dict:
     return {"outputs": dict(res.outputs), "n_instances": int(res.n_instances), "tiles": int(res.tiles_run),
             "timings": dict(res.timings)}
 
 
-def process_unit(seg: Any, unit: dict, out_dir: str | Path, slide: dict | None = None) -> dict:
+def _segment_slide(seg: Any, path: Path, out: Path, slide: dict, unit: dict, region_blocks: int) -> dict:
+    """A slide unit: the whole slide, or (stage ``split`` / ``region`` / ``join``) one step of a split slide."""
+    from segflow.runtime import wsi
+    from segflow.runtime.slide import open_slide
+
+    sid, stage, opts = unit["id"], unit.get("stage"), wsi.SlideOptions(**slide)
+    with open_slide(path) as reader:
+        if stage is None:  # first look at the slide: run it whole, or split it into region units
+            if region_blocks > 0:
+                parts = wsi.prepare_regions(seg, reader, work_dir(out, sid), options=opts,
+                                            region_blocks=region_blocks)
+                if parts > 1:
+                    return {"state": "split", "parts": parts}
+                shutil.rmtree(work_dir(out, sid), ignore_errors=True)
+            return _slide_done(wsi.segment_slide(seg, reader, out, name=sid, options=opts))
+        if stage == "region":
+            t0 = time.perf_counter()
+            n = wsi.map_region(seg, reader, work_dir(out, sid), unit["part"], unit["parts"], options=opts)
+            return {"state": "region", "tiles": n, "maps_s": time.perf_counter() - t0}
+        res = wsi.finish_regions(seg, reader, work_dir(out, sid), out, name=sid, options=opts,
+                                 tiles_run=unit.get("tiles", 0), maps_s=unit.get("maps_s", 0.0))
+        return _slide_done(res)
+
+
+def process_unit(seg: Any, unit: dict, out_dir: str | Path, slide: dict | None = None, region_blocks: int = 0
+                 ) -> dict:
     """Run one unit of work with an open Segmenter; never raises for a bad input.
 
-    Returns ``{"state": "done", ...}`` with outputs, count and timings, or ``{"state": "failed", "reason"}``.
+    A unit is ``{"id", "path"}`` (an image or a whole slide), or for a slide split into region units
+    ``{"stage": "region", "part", "parts"}`` / ``{"stage": "join"}``. Returns ``{"state": "done", ...}`` with
+    outputs, count and timings; ``{"state": "split", "parts"}`` when a slide has more than ``region_blocks``
+    blocks (its shared arrays are then ready for the region units); ``{"state": "region", "tiles"}`` for a
+    finished region; or ``{"state": "failed", "reason"}``.
     """
     from segflow.runtime.slide import is_slide
 
@@ -192,7 +227,7 @@ def process_unit(seg: Any, unit: dict, out_dir: str | Path, slide: dict | None =
         if not path.exists():
             raise InputError(f"slide {path} does not exist: check the path or remove it from the manifest.")
         if is_slide(path):
-            res = _segment_slide(seg, path, out, dict(slide or {}), unit["id"])
+            res = _segment_slide(seg, path, out, dict(slide or {}), unit, region_blocks)
         else:
             res = _segment_image(seg, path, out)
     except SegflowError as exc:
@@ -206,11 +241,12 @@ def process_unit(seg: Any, unit: dict, out_dir: str | Path, slide: dict | None =
 class CohortWorker:
     """A Ray actor body: loads the engine once, then processes the units handed to it."""
 
-    def __init__(self, engine: str, segmenter: dict, threads: int | None, out_dir: str, slide: dict) -> None:
+    def __init__(self, engine: str, segmenter: dict, threads: int | None, out_dir: str, slide: dict,
+                 region_blocks: int = 0) -> None:
         from segflow.runtime.session import Segmenter
 
         self.seg = Segmenter(engine, threads=threads, **segmenter)
-        self.out_dir, self.slide = out_dir, slide
+        self.out_dir, self.slide, self.region_blocks = out_dir, slide, region_blocks
 
     def pid(self) -> int:
         """Process id (tests use it to kill a worker)."""
@@ -222,7 +258,7 @@ class CohortWorker:
 
     def run(self, unit: dict) -> dict:
         """Process one unit (see :func:`process_unit`)."""
-        return process_unit(self.seg, unit, self.out_dir, self.slide)
+        return process_unit(self.seg, unit, self.out_dir, self.slide, self.region_blocks)
 
 
 # -- the driver ------------------------------------------------------------------------------------------------
@@ -343,7 +379,7 @@ def run_cohort(engine: str | Path, items: list[dict], out_dir: str | Path, optio
         n_workers = min(n_workers, len(todo))
         actor_cls = ray.remote(num_cpus=0 if gpus else (threads or 1), num_gpus=1 if gpus else 0,
                                max_restarts=opts.max_retries, max_task_retries=opts.max_retries)(CohortWorker)
-        actors = [actor_cls.remote(str(engine), opts.segmenter, threads, str(out), opts.slide)
+        actors = [actor_cls.remote(str(engine), opts.segmenter, threads, str(out), opts.slide, opts.region_blocks)
                   for _ in range(n_workers)]
         if on_start is not None:
             on_start(actors)
@@ -358,36 +394,73 @@ def run_cohort(engine: str | Path, items: list[dict], out_dir: str | Path, optio
 
 def _drive(ray: Any, actors: list, todo: list[dict], manifest: CohortManifest, opts: CohortOptions,
            progress: Callable[[dict], None] | None, t0: float) -> int:
-    """Hand units to idle actors until all are finished; return the tiles processed."""
+    """Hand units to idle actors until every slide is finished; return the tiles processed.
+
+    A slide's first unit either finishes it or splits it (``state == "split"``): its region units then go to
+    the front of the queue so idle workers share the slide, and once all regions are in, a ``join`` unit labels
+    and writes it. A failed region fails the slide (its other regions are dropped, its work folder removed).
+    """
     from ray.exceptions import RayActorError, RayTaskError
 
     queue = list(todo)
     idle = list(range(len(actors)))
     pending: dict[Any, tuple[int, dict]] = {}
+    split: dict[str, dict] = {}  # slide id -> {"left": regions still running, "tiles", "maps_s", "closed", ...}
     finished, failed, tiles = 0, 0, 0
     while queue or pending:
         while queue and idle:
-            a, unit = idle.pop(), queue.pop(0)
+            unit = queue.pop(0)
+            if unit["id"] in split and split[unit["id"]]["closed"]:
+                continue
+            a = idle.pop()
             rec = manifest.slides[unit["id"]]
-            rec["attempts"] = rec.get("attempts", 0) + 1
+            if "stage" not in unit:
+                rec["attempts"] = rec.get("attempts", 0) + 1
             pending[actors[a].run.remote(unit)] = (a, unit)
+        if not pending:
+            continue
         ready, _ = ray.wait(list(pending), num_returns=1)
         ref = ready[0]
         a, unit = pending.pop(ref)
         idle.append(a)
+        sid = unit["id"]
         try:
             res = ray.get(ref)
         except (RayActorError, RayTaskError) as exc:
             res = {"state": "failed", "reason": f"the worker processing {unit['path']} died "
                                                 f"{opts.max_retries + 1} times ({type(exc).__name__}); "
                                                 f"rerun the cohort to retry it"}
+        job = split.get(sid)
+        if job is not None and job["closed"]:
+            continue  # a region of a slide that already failed
+        if res["state"] == "split":
+            split[sid] = {"left": res["parts"], "tiles": 0, "maps_s": 0.0, "closed": False,
+                          "started": time.perf_counter() - float(res.get("wall_s", 0.0))}
+            manifest.update(sid, state="running", parts=res["parts"])
+            queue[:0] = [{**unit, "stage": "region", "part": i, "parts": res["parts"]} for i in range(res["parts"])]
+            continue
+        if res["state"] == "region":
+            tiles += int(res["tiles"])
+            job["left"] -= 1
+            job["tiles"] += int(res["tiles"])
+            job["maps_s"] += float(res["maps_s"])
+            if job["left"] == 0:
+                queue.insert(0, {**unit, "stage": "join", "tiles": job["tiles"], "maps_s": job["maps_s"]})
+            continue
+        if job is not None:  # the join of a split slide, or the failure of one of its units
+            job["closed"] = True
+            shutil.rmtree(work_dir(manifest.path.parent, sid), ignore_errors=True)
+            res["wall_s"] = time.perf_counter() - job["started"]
+            for k in ("stage", "part"):
+                res.pop(k, None)
+        else:
+            tiles += int(res.get("tiles", 0))
         finished += 1
         failed += res["state"] == "failed"
-        tiles += int(res.get("tiles", 0))
-        manifest.update(unit["id"], **res, finished_at=time.strftime("%Y-%m-%dT%H:%M:%S"))
+        manifest.update(sid, **res, finished_at=time.strftime("%Y-%m-%dT%H:%M:%S"))
         if progress is not None:
             el = time.perf_counter() - t0
-            progress({"done": finished, "total": len(todo), "failed": failed, "slide": unit["id"],
+            progress({"done": finished, "total": len(todo), "failed": failed, "slide": sid,
                       "tiles_per_s": tiles / el if el > 0 else 0.0,
                       "eta_s": el / finished * (len(todo) - finished)})
     return tiles

@@ -47,7 +47,7 @@ from segflow.imageio import write_json
 from segflow.normalize import as_channels, norm_stats
 
 __all__ = ["SlideOptions", "SlideSegmentation", "segment_slide", "parse_roi", "add_arguments", "wants_slide",
-           "run_slides", "OUTPUTS"]
+           "run_slides", "OUTPUTS", "prepare_regions", "map_region", "finish_regions"]
 
 OUTPUTS = {"labels": "_labels.ome.tif", "mean_sdf": "_sdf.ome.tif", "std": "_std.ome.tif", "prob": "_prob.ome.tif",
            "geojson": ".geojson", "json": ".json"}
@@ -166,18 +166,21 @@ class _Plan:
         return [Tile(i * n + j, self.ys[i], self.xs[j], self.tile, self.valid) for i in ri for j in rj]
 
 
-def _zeros(root: str, name: str, shape: tuple[int, ...], dtype: Any, chunk: int) -> Any:
+def _zeros(root: str, name: str, shape: tuple[int, ...], dtype: Any, chunk: int, create: bool = True) -> Any:
+    """A chunked zarr array under ``root``: created filled with zeros, or (``create=False``) opened for update."""
     zarr = require("zarr", "segflow[wsi]", "streaming whole slides")
+    store = os.path.join(root, name + ".zarr")
+    if not create:
+        return zarr.open_array(store=store, mode="r+")
     chunks = (1,) * (len(shape) - 2) + (min(chunk, shape[-2]), min(chunk, shape[-1]))
-    return zarr.create_array(store=os.path.join(root, name + ".zarr"), shape=shape, chunks=chunks, dtype=dtype,
-                             fill_value=0)
+    return zarr.create_array(store=store, shape=shape, chunks=chunks, dtype=dtype, fill_value=0)
 
 
 class _Run:
     """State of one slide run (kept small: one block of accumulators plus the border-tile cache)."""
 
     def __init__(self, seg: Any, view: LevelView, region: tuple[int, int, int, int], opts: SlideOptions,
-                 stats: tuple[float, float], tmp: str, progress: Any, cancel: Any) -> None:
+                 stats: tuple[float, float], tmp: str, progress: Any, cancel: Any, create: bool = True) -> None:
         self.seg, self.view, self.opts, self.stats, self.tmp = seg, view, opts, stats, tmp
         self.ox, self.oy, self.w, self.h = region
         card = seg.card
@@ -190,14 +193,15 @@ class _Run:
         self.background = np.ones((self.k, card.tile, card.tile), np.float32)  # off-tissue tiles: SDF +1
         self.background.setflags(write=False)
         chunk = min(1024, opts.block)
-        self.maps = {n: _zeros(tmp, n, (self.h, self.w), np.float32, chunk) for n in ("mean_sdf", "std", "prob")}
-        self.labels = _zeros(tmp, "labels", (self.h, self.w), np.uint32, chunk)
+        self.maps = {n: _zeros(tmp, n, (self.h, self.w), np.float32, chunk, create)
+                     for n in ("mean_sdf", "std", "prob")}
+        self.labels = _zeros(tmp, "labels", (self.h, self.w), np.uint32, chunk, create)
 
-    def blocks(self):
+    def blocks(self) -> list[tuple[int, int, int, int]]:
+        """The region's blocks ``(y0, y1, x0, x1)`` in raster order."""
         b = self.opts.block
-        for y in range(0, self.h, b):
-            for x in range(0, self.w, b):
-                yield y, min(y + b, self.h), x, min(x + b, self.w)
+        return [(y, min(y + b, self.h), x, min(x + b, self.w)) for y in range(0, self.h, b)
+                for x in range(0, self.w, b)]
 
     # -- pass 1: maps ------------------------------------------------------------------------------------------
     def _has_tissue(self, t: Tile) -> bool:
@@ -339,46 +343,107 @@ def segment_slide(seg: Any, reader: SlideReader, out_dir: str | Path, *, name: s
     out = Path(out_dir)
     _check_writable(out)
     name = name or Path(reader.path).name.split(".")[0]
-    view = LevelView(reader, choose_level(reader, level=opts.level, mpp=opts.mpp, card_mpp=seg.card.pixel_size_um))
-    region = _region(view, opts.roi, reader.path)
     tmp = tempfile.mkdtemp(prefix=f".{name}.wsi-", dir=out)
     try:
-        run = _Run(seg, view, region, opts, _norm_stats(seg, reader), tmp, progress, cancel)
-        if opts.tissue:
-            run.tissue = tissue_mask(reader, margin=seg.card.tile * view.downsample)
+        run = _open_run(seg, reader, opts, tmp, progress, cancel, create=True)
         for blk in run.blocks():
             run.map_block(*blk)
-        t_maps = time.perf_counter() - t0
-        staged = {k: os.path.join(tmp, f"{name}{s}") for k, s in OUTPUTS.items() if k != "geojson"}
-        next_id, oversized = 1, 0
-        if opts.geojson:
-            staged["geojson"] = os.path.join(tmp, f"{name}.geojson")
-        ctx = geojson.feature_writer(staged["geojson"]) if opts.geojson else _null()
-        with ctx as write:
-            for blk in run.blocks():
-                next_id, n_cut = run.label_block(*blk, next_id, write)
-                oversized += n_cut
-        t_labels = time.perf_counter() - t0 - t_maps
-        n = next_id - 1
-        src = run.labels if n >= 65535 else _Cast(run.labels, np.uint16)
-        write_ome_pyramid(staged["labels"], src, kind="labels", mpp=view.mpp, tile=opts.tiff_tile)
-        for m in ("mean_sdf", "std", "prob"):
-            write_ome_pyramid(staged[m], run.maps[m], kind="map", mpp=view.mpp, tile=opts.tiff_tile)
-        d = view.downsample
-        res = SlideSegmentation(
-            outputs={k: str(out / Path(v).name) for k, v in staged.items()}, n_instances=n, tiles=run.plan.total,
-            tiles_run=run.run_count, tiles_skipped=run.plan.total - run.run_count, level=view.level,
-            downsample=d, mpp=view.mpp, roi=(round(region[0] * d), round(region[1] * d), round(region[2] * d),
-                                             round(region[3] * d)),
-            shape=(region[3], region[2]), samples=run.k, steps=seg.settings.steps, nfe=seg.nfe, oversized=oversized,
-            timings={"maps_s": t_maps, "labels_s": t_labels, "total_s": time.perf_counter() - t0})
-        write_json(staged["json"], {**res.summary(), "slide": reader.path, "card": seg.card.to_dict(),
-                                    "backend": seg.backend_info})
-        for k, v in staged.items():
-            os.replace(v, res.outputs[k])
-        return res
+        return _finish(run, reader, out, name, tmp, tiles_run=run.run_count, t_maps=time.perf_counter() - t0,
+                       t0=t0)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _open_run(seg: Any, reader: SlideReader, opts: SlideOptions, tmp: str, progress: Any, cancel: Any,
+              create: bool, tissue: bool = True) -> _Run:
+    """Level, region, normalisation, tissue mask and the map/label arrays (created or opened) of one slide run."""
+    view = LevelView(reader, choose_level(reader, level=opts.level, mpp=opts.mpp, card_mpp=seg.card.pixel_size_um))
+    region = _region(view, opts.roi, reader.path)
+    run = _Run(seg, view, region, opts, _norm_stats(seg, reader), tmp, progress, cancel, create=create)
+    if opts.tissue and tissue:
+        run.tissue = tissue_mask(reader, margin=seg.card.tile * view.downsample)
+    return run
+
+
+def _finish(run: _Run, reader: SlideReader, out: Path, name: str, tmp: str, *, tiles_run: int, t_maps: float,
+            t0: float) -> SlideSegmentation:
+    """Pass 2 (labels, GeoJSON) and the outputs, staged in ``tmp`` and moved into ``out`` when all succeeded."""
+    seg, view, opts = run.seg, run.view, run.opts
+    t1 = time.perf_counter()
+    staged = {k: os.path.join(tmp, f"{name}{s}") for k, s in OUTPUTS.items() if k != "geojson"}
+    next_id, oversized = 1, 0
+    if opts.geojson:
+        staged["geojson"] = os.path.join(tmp, f"{name}.geojson")
+    ctx = geojson.feature_writer(staged["geojson"]) if opts.geojson else _null()
+    with ctx as write:
+        for blk in run.blocks():
+            next_id, n_cut = run.label_block(*blk, next_id, write)
+            oversized += n_cut
+    t_labels = time.perf_counter() - t1
+    n = next_id - 1
+    src = run.labels if n >= 65535 else _Cast(run.labels, np.uint16)
+    write_ome_pyramid(staged["labels"], src, kind="labels", mpp=view.mpp, tile=opts.tiff_tile)
+    for m in ("mean_sdf", "std", "prob"):
+        write_ome_pyramid(staged[m], run.maps[m], kind="map", mpp=view.mpp, tile=opts.tiff_tile)
+    d = view.downsample
+    res = SlideSegmentation(
+        outputs={k: str(out / Path(v).name) for k, v in staged.items()}, n_instances=n, tiles=run.plan.total,
+        tiles_run=tiles_run, tiles_skipped=max(0, run.plan.total - tiles_run), level=view.level,
+        downsample=d, mpp=view.mpp, roi=(round(run.ox * d), round(run.oy * d), round(run.w * d), round(run.h * d)),
+        shape=(run.h, run.w), samples=run.k, steps=seg.settings.steps, nfe=seg.nfe, oversized=oversized,
+        timings={"maps_s": t_maps, "labels_s": t_labels, "total_s": time.perf_counter() - t0})
+    write_json(staged["json"], {**res.summary(), "slide": reader.path, "card": seg.card.to_dict(),
+                                "backend": seg.backend_info})
+    for k, v in staged.items():
+        os.replace(v, res.outputs[k])
+    return res
+
+
+# -- the same run split into region units (cohorts spread one huge slide over several workers) ----------------
+def prepare_regions(seg: Any, reader: SlideReader, work_dir: str | Path, *, options: SlideOptions | None = None,
+                    region_blocks: int = 16) -> int:
+    """Create the shared map/label arrays of a slide run in ``work_dir``; return the number of region parts.
+
+    The slide's blocks (raster order) are cut into parts of about ``region_blocks`` blocks each. Every part can
+    then run on any worker (:func:`map_region`), in any order, and :func:`finish_regions` labels and writes the
+    outputs. A block's maps do not depend on which part computed them (each block blends every tile over it;
+    a tile's noise is seeded by its plan index), so the outputs equal those of :func:`segment_slide`.
+    """
+    opts = options or SlideOptions()
+    work = Path(work_dir)
+    if work.exists():
+        shutil.rmtree(work)
+    work.mkdir(parents=True)
+    run = _open_run(seg, reader, opts, str(work), None, None, create=True, tissue=False)
+    return max(1, math.ceil(len(run.blocks()) / max(1, region_blocks)))
+
+
+def map_region(seg: Any, reader: SlideReader, work_dir: str | Path, part: int, parts: int, *,
+               options: SlideOptions | None = None, progress: Any = None, cancel: Any = None) -> int:
+    """Compute the maps of region part ``part`` of ``parts`` into ``work_dir``; return the tiles run."""
+    opts = options or SlideOptions()
+    run = _open_run(seg, reader, opts, str(work_dir), progress, cancel, create=False)
+    blocks = run.blocks()
+    lo, hi = part * len(blocks) // parts, (part + 1) * len(blocks) // parts
+    for blk in blocks[lo:hi]:
+        run.map_block(*blk)
+    return run.run_count
+
+
+def finish_regions(seg: Any, reader: SlideReader, work_dir: str | Path, out_dir: str | Path, *,
+                   name: str | None = None, options: SlideOptions | None = None, tiles_run: int = 0,
+                   maps_s: float = 0.0) -> SlideSegmentation:
+    """Label the maps every part wrote and write the outputs (as :func:`segment_slide`); remove ``work_dir``."""
+    opts = options or SlideOptions()
+    t0 = time.perf_counter()
+    out = Path(out_dir)
+    _check_writable(out)
+    name = name or Path(reader.path).name.split(".")[0]
+    try:
+        run = _open_run(seg, reader, opts, str(work_dir), None, None, create=False, tissue=False)
+        return _finish(run, reader, out, name, str(work_dir), tiles_run=tiles_run, t_maps=maps_s, t0=t0 - maps_s)
+    finally:
+        shutil.rmtree(work_dir, ignore_errors=True)
 
 
 class _Cast:

@@ -14,6 +14,8 @@ Segment many images or slides with one command. Work is spread over Ray actors t
 once (one per GPU; on CPU, workers x threads <= cores). The state of every slide is kept in OUT/cohort.json:
 rerunning the same command skips what is done with the same model and settings and retries what failed.
 A corrupt slide or a worker that dies marks only that slide failed; the cohort completes.
+A very large slide is split into region units (--region-blocks) so that idle workers share it; the regions
+join with the same seam rules as `runtime segment`, so the outputs do not depend on the split.
 
 Without --address (or RAY_ADDRESS), a local Ray is started for the run and stopped afterwards.
 Ray is optional: pip install "segflow[cluster]".
@@ -45,6 +47,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--level", type=int, default=None, help="slides: pyramid level to process")
     p.add_argument("--mpp", type=float, default=None, help="slides: target microns per pixel")
     p.add_argument("--no-tissue", action="store_true", help="slides: do not skip empty glass")
+    p.add_argument("--block", type=int, default=None, help="slides: processing block side in pixels (default 2048)")
+    p.add_argument("--region-blocks", type=int, default=16,
+                   help="slides with more blocks than this are split into region units of about this many "
+                        "blocks, shared by the workers and joined without seams (default 16; 0 = never split)")
     bar = p.add_mutually_exclusive_group()
     bar.add_argument("--progress", dest="progress", action="store_true", default=None, help="always show progress")
     bar.add_argument("--quiet", "-q", dest="progress", action="store_false", help="no progress bar")
@@ -63,11 +69,11 @@ def run(args: argparse.Namespace) -> int:
     seg = {k: v for k, v in {"samples": args.samples, "steps": args.steps, "method": args.method,
                              "stride": args.stride, "seed": args.seed, "instances": args.instances}.items()
            if v is not None}
-    slide = {k: v for k, v in {"level": args.level, "mpp": args.mpp}.items() if v is not None}
+    slide = {k: v for k, v in {"level": args.level, "mpp": args.mpp, "block": args.block}.items() if v is not None}
     if args.no_tissue:
         slide["tissue"] = False
     opts = CohortOptions(segmenter=seg, slide=slide, workers=args.workers, threads=args.threads,
-                         max_retries=args.max_retries, address=args.address)
+                         max_retries=args.max_retries, address=args.address, region_blocks=args.region_blocks)
     bar = Progress(total=len(items), desc="cohort", enabled=args.progress, unit="slide")
 
     def progress(info: dict) -> None:

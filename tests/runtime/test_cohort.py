@@ -120,6 +120,84 @@ def test_cohort_matches_segment_isolates_corrupt_and_resumes(local_ray, cohort, 
     assert run_cohort(engine, only_good[:1], out, CohortOptions(segmenter={**SEG, "seed": 4}, workers=1)).ran == 1
 
 
+def test_a_slide_split_into_region_units_equals_the_whole_slide(local_ray, cohort, tmp_path):
+    """64-px blocks make the 256-px slide 16 blocks; 6 blocks per region gives 3 region units and a join."""
+    engine, good, _ = cohort
+    slide = good[2]
+    sid = slide.name.split(".")[0]
+    out = tmp_path / "out"
+    opts = CohortOptions(segmenter=SEG, workers=2, threads=1, slide={"tissue": False, "block": 64},
+                         region_blocks=6)
+    seen = []
+    res = run_cohort(engine, read_inputs([str(slide)]), out, opts, progress=seen.append)
+    rec = res.records[sid]
+    assert rec["state"] == "done" and rec["parts"] == 3, rec
+    assert [s["done"] for s in seen] == [1]  # progress counts slides, not region units
+    alone_dir = tmp_path / "alone"
+    alone = _segment_alone(engine, slide, alone_dir)
+    assert np.array_equal(_labels_of(rec), alone)
+    for m in ("mean_sdf", "std", "prob"):  # the maps, too, are those of the single-machine run
+        assert np.array_equal(tifffile.imread(rec["outputs"][m]),
+                              tifffile.imread(alone_dir / Path(rec["outputs"][m]).name)), m
+    assert rec["n_instances"] == int(alone.max()) and len(np.unique(alone)) - 1 == int(alone.max())
+    # every tile ran at least once (tiles over a region border run in both regions)
+    assert rec["tiles"] >= json.loads(Path(rec["outputs"]["json"]).read_text())["tiles"]
+    assert not any(p.name.startswith(".") for p in out.iterdir())  # the shared work folder is gone
+
+
+class _InProcessRay:
+    """Just enough of Ray for the driver loop: actors run their unit when it is handed over."""
+
+    class _Actor:
+        def __init__(self, worker):
+            self.worker = worker
+            self.run = self
+
+        def remote(self, unit):
+            return _Ref([self.worker.run(unit)])  # the result, in a box hashed by identity like an ObjectRef
+
+    def wait(self, refs, num_returns=1):
+        return refs[:num_returns], refs[num_returns:]
+
+    def get(self, ref):
+        return ref[0]
+
+
+class _Ref(list):
+    __hash__ = object.__hash__
+
+
+def test_a_failed_region_fails_only_its_slide(cohort, tmp_path):
+    """The driver loop with an in-process worker whose region part 1 finds its maps gone."""
+    from segflow.runtime import cohort as cohort_mod
+    from segflow.runtime.cohort import CohortManifest, CohortWorker
+
+    engine, good, _ = cohort
+    out = tmp_path / "out"
+    out.mkdir()
+    slide_opts = {"tissue": False, "block": 64}
+
+    class Flaky(CohortWorker):
+        def run(self, unit):
+            if unit.get("stage") == "region" and unit["part"] == 1:
+                import shutil
+
+                shutil.rmtree(cohort_mod.work_dir(self.out_dir, unit["id"]) / "mean_sdf.zarr")
+            return super().run(unit)
+
+    items = read_inputs([str(good[2]), str(good[0])])
+    manifest = CohortManifest(out)
+    for it in items:
+        manifest.slides[it["id"]] = {"path": it["path"], "state": "pending"}
+    worker = Flaky(str(engine), SEG, 1, str(out), slide_opts, region_blocks=8)
+    cohort_mod._drive(_InProcessRay(), [_InProcessRay._Actor(worker)], items, manifest, CohortOptions(), None, 0.0)
+    recs = manifest.slides
+    assert recs["slide"]["state"] == "failed" and "slide" in recs["slide"]["reason"], recs["slide"]
+    assert recs["img0"]["state"] == "done"
+    assert not cohort_mod.work_dir(out, "slide").exists()
+    assert "_labels" not in " ".join(p.name for p in out.iterdir() if p.name.startswith("slide"))
+
+
 def test_killing_a_worker_mid_run_still_completes(local_ray, cohort, tmp_path):
     engine, good, _ = cohort
     items = read_inputs([str(p) for p in good] * 2)  # 6 units (ids de-duplicated)
