@@ -10,9 +10,10 @@ Example
 
 from __future__ import annotations
 
+
 import time
 from collections.abc import Callable, Iterable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -172,6 +173,7 @@ class Segmenter:
             raise InputError(f"invalid sampling options for {self.paths.field}: {exc}.") from exc
         self._field, self._encoder = self._open_backends(backend, threads)
         self._check_graphs()
+        self.settings = self._cap_batch(self.settings, explicit=batch_size is not None)
         if self.card.kind == "ssb":
             self.sampler = BridgeSampler(self._field, self._encoder, self.settings, card=self.card,
                                          guidance=guidance, label=label, ode=ode)
@@ -182,6 +184,30 @@ class Segmenter:
             self.nfe = self.settings.nfe
 
     # -- set-up ------------------------------------------------------------------------------------------------
+    def _cap_batch(self, settings: SamplingSettings, *, explicit: bool) -> SamplingSettings:
+        """Fit the batch to engines with a fixed largest batch (TensorRT optimisation profiles).
+
+        A field call takes up to ``batch`` samples and an encoder call ``max(1, batch // K)`` tiles, so the
+        batch is capped at the field's largest batch and at K x the encoder's. K samples of one tile never need
+        one call together, but an encoder that cannot take even one tile per call is refused.
+        """
+        field_max = getattr(self._field, "max_batch", None)
+        enc_max = getattr(self._encoder, "max_batch", None)
+        if field_max is None and enc_max is None:
+            return settings
+        cap = min(field_max or settings.batch, (enc_max or settings.batch) * settings.samples)
+        if cap < 1:
+            self.close()
+            raise InputError(f"engine {self.paths.field} accepts no batch of one: rebuild it with "
+                             "`runtime build --batch 1:16:64`.")
+        if settings.batch <= cap:
+            return settings
+        if explicit:
+            self.close()
+            raise InputError(f"--batch-size {settings.batch} exceeds the largest batch engine {self.paths.field} "
+                             f"was built for ({cap}): lower it or rebuild with a larger `runtime build --batch`.")
+        return replace(settings, batch=cap)
+
     def _open_backends(self, backend: str, threads: int | None) -> tuple[Any, Any]:
         if backend not in ("auto", "cpu", "cuda", "tensorrt"):
             raise InputError(f"backend {backend!r} is unknown: choose auto, cpu, cuda or tensorrt.")

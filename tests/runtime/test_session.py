@@ -228,3 +228,39 @@ def test_sampling_option_errors(models_dir):
         Segmenter(models_dir / "negx.onnx", blend="max")
     with pytest.raises(InputError, match="instance method"):
         Segmenter(models_dir / "negx.onnx", instances="cellpose")
+
+
+def test_batch_is_capped_at_an_engine_s_largest_batch(models_dir, monkeypatch):
+    """A TensorRT engine's profile fixes its largest batch: the Segmenter fits its batch under it, same result."""
+    import segflow.runtime.session as session_mod
+
+    real_open = session_mod.open_backend
+    seen: list[int] = []
+
+    class Capped:
+        def __init__(self, inner, cap):
+            self.inner, self.max_batch = inner, cap
+
+        def activate(self):
+            self.inner.activate()
+            return self
+
+        def infer(self, feed, **kw):
+            seen.append(next(iter(feed.values())).shape[0])
+            assert seen[-1] <= self.max_batch
+            return self.inner.infer(feed, **kw)
+
+        def __getattr__(self, name):
+            return getattr(self.inner, name)
+
+    img = _img((48, 60))
+    with Segmenter(models_dir / "dirac.onnx", samples=2, steps=2, stride=11, threads=1, batch_size=64) as seg:
+        want = seg(img)
+    monkeypatch.setattr(session_mod, "open_backend", lambda *a, **k: Capped(real_open(*a, **k), 4))
+    with Segmenter(models_dir / "dirac.onnx", samples=2, steps=2, stride=11, threads=1) as seg:
+        assert seg.settings.batch == 4  # min(field 4, encoder 4 x K=2)
+        got = seg(img)
+    assert seen and max(seen) == 4  # field calls of 2 tiles x K=2 fill the cap
+    np.testing.assert_array_equal(got.mean_sdf, want.mean_sdf)
+    with pytest.raises(InputError, match="exceeds the largest batch"):
+        Segmenter(models_dir / "dirac.onnx", samples=2, steps=2, threads=1, batch_size=8)
