@@ -33,15 +33,10 @@ import time
 from pathlib import Path
 
 import numpy as np
+from _common import default_engine
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "benchmarks" / "results"
-
-
-def default_engine() -> Path | None:
-    """The shipped default model (the first field graph under models/), if any."""
-    found = sorted(p for p in (ROOT / "models").glob("*.onnx") if not p.name.endswith(".encoder.onnx"))
-    return found[0] if found else None
 
 
 def test_image(size: int, channels: int) -> np.ndarray:

@@ -28,6 +28,7 @@ from pathlib import Path
 
 import numpy as np
 import tifffile
+from _common import default_engine
 
 ROOT = Path(__file__).resolve().parents[1]
 MOSAIC = 1024
@@ -79,11 +80,6 @@ def tiny_engine(folder: Path) -> Path:
     return make_engine(folder, tile=64, blur=5, pixel_size_um=0.5)
 
 
-def default_engine() -> Path | None:
-    found = sorted(p for p in (ROOT / "models").glob("*.onnx") if not p.name.endswith(".encoder.onnx"))
-    return found[0] if found else None
-
-
 def run(cmd: list[str]) -> dict:
     """Run a command; return wall time, peak RSS (MiB, from wait4) and exit status."""
     t0 = time.perf_counter()
@@ -105,6 +101,10 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--samples", type=int, default=1)
     ap.add_argument("--steps", type=int, default=2)
     ap.add_argument("--block", type=int, default=2048)
+    ap.add_argument("--mpp", type=float, default=0.25,
+                    help="pixel size written into the slide (default 0.25, a 40x scan: the default model's own, so "
+                         "level 0 is processed as is)")
+    ap.add_argument("--instances", default=None, help="instance method (default: the runtime's, H-EMD)")
     ap.add_argument("--workdir", type=Path, default=None, help="where the slide is written (default: temp)")
     ap.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "bench_wsi.json")
     a = ap.parse_args(argv)
@@ -116,14 +116,17 @@ def main(argv: list[str] | None = None) -> int:
     m = mosaic()
     t0 = time.perf_counter()
     slide = work / f"slide{a.size}.ome.tif"
-    write_slide(slide, a.size, m)
+    if a.workdir is not None and slide.exists():
+        print(f"reusing {slide} (delete it to rewrite)", flush=True)
+    else:
+        write_slide(slide, a.size, m, mpp=a.mpp)
     write_s = time.perf_counter() - t0
     ref = work / f"flat{a.ref_size}.tif"
     tifffile.imwrite(ref, np.concatenate(list(_tiles(m, a.ref_size, 1, a.ref_size)), axis=0), photometric="rgb")
     ref_slide = work / f"slide{a.ref_size}.ome.tif"
-    write_slide(ref_slide, a.ref_size, m)
+    write_slide(ref_slide, a.ref_size, m, mpp=a.mpp)
     base = [sys.executable, "-m", "segflow.runtime.cli", "segment", "--engine", str(engine), "--samples",
-            str(a.samples), "--steps", str(a.steps), "-q"]
+            str(a.samples), "--steps", str(a.steps), "-q"] + (["--instances", a.instances] if a.instances else [])
     rows = []
     configs = [("whole image (reference)", a.ref_size, [str(ref), "--out", str(work / "o_ref")]),
                ("streaming, no tissue mask", a.ref_size, [str(ref_slide), "--out", str(work / "o_st"),
@@ -140,7 +143,8 @@ def main(argv: list[str] | None = None) -> int:
                      "instances": n, "tiles_run": tiles,
                      "mpx_per_s": round(size * size / 1e6 / r["wall_s"], 3)})
     ref_row, st_row = rows[0], rows[1]
-    result = {"engine": str(engine), "samples": a.samples, "steps": a.steps, "block": a.block,
+    result = {"engine": str(engine), "samples": a.samples, "steps": a.steps, "block": a.block, "mpp": a.mpp,
+              "instances": a.instances or "runtime default",
               "slide_write_s": round(write_s, 1), "rows": rows,
               "ratios_streaming_vs_whole": {"rss": round(st_row["peak_rss_mib"] / ref_row["peak_rss_mib"], 3),
                                             "wall": round(st_row["wall_s"] / ref_row["wall_s"], 3)},
