@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import platform
 import subprocess
 import sys
@@ -203,7 +204,7 @@ def main(argv: list[str] | None = None) -> int:
     report = {"engine": str(engine) if shipped else "random lite (exported for the benchmark)",
               "card": {k: card.to_dict()[k] for k in ("kind", "preset", "tile", "in_channels", "feature_channels")},
               "machine": {"python": platform.python_version(), "processor": platform.processor(),
-                          "cores": physical_cores()},
+                          "cores": physical_cores(), "load_avg": os.getloadavg()},
               "comparison": rows, "default_model_1000px": default, "target_speedup": 4.0}
     RESULTS.mkdir(parents=True, exist_ok=True)
     (RESULTS / "bench_runtime.json").write_text(json.dumps(report, indent=2, default=float) + "\n")
