@@ -10,7 +10,6 @@ Example
 
 from __future__ import annotations
 
-
 import time
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field, replace
