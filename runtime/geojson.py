@@ -4,15 +4,24 @@ Each instance becomes one Feature::
 
     {"type": "Feature", "id": "<uuid>", "geometry": {"type": "Polygon", "coordinates": [outer, hole, ...]},
      "properties": {"objectType": "detection", "classification": {"name": "Nucleus", "color": [r, g, b]},
-                    "measurements": {"area": ..., "area_um2": ..., "confidence": ..., "mean_spread": ...}}}
+                    "measurements": {"area": ..., "area_um2": ..., "confidence": ..., "mean_prob": ...,
+                                     "mean_spread": ...}}}
 
 Coordinates are slide pixels at full resolution (level 0, origin top-left, as QuPath expects). Polygon
 vertices are the *centres* of an instance's boundary pixels (``(x + 0.5) * downsample``) and holes are traced
 along the centres of the hole's pixels, so :func:`rasterise` (pixels whose centre lies inside or on the
 polygon) gives the label image back exactly. An instance made of several pieces becomes a MultiPolygon.
-``area`` is the pixel count in full-resolution pixels², ``area_um2`` its area in µm² when the pixel size is
-known, ``confidence`` the mean foreground probability and ``mean_spread`` the mean per-pixel standard
-deviation of the sampled SDFs.
+Measurements (each only when its input is given):
+
+* ``area`` — pixel count in full-resolution pixels²; ``area_um2`` — the area in µm² when the pixel size is known.
+* ``confidence`` — the instance score of :func:`segflow.runtime.confidence.instance_confidence` in [0, 1]: the
+  mean over the K samples of the IoU between the instance and its best-matching connected component of
+  ``sample <= threshold`` (exclusive IoU, docs/coin.md). The same number as the ``confidence`` of the instance's
+  row in the runtime JSON's ``instance_table``. Needs the K samples (``samples``).
+* ``mean_prob`` — the mean over the instance's pixels of the foreground probability (fraction of samples with
+  ``sdf <= threshold``). A pixel-wise quantity, *not* the instance score.
+* ``mean_spread`` — the mean over the instance's pixels of the per-pixel standard deviation of the K sampled
+  SDFs (the JSON's ``mean_std``).
 """
 
 from __future__ import annotations
@@ -91,19 +100,27 @@ def mask_polygons(mask: NDArray, *, offset: tuple[float, float] = (0.0, 0.0), sc
 
 
 def instance_measurements(labels: NDArray, ids: NDArray, *, scale: float = 1.0, mpp: float | None = None,
-                          prob: NDArray | None = None, std: NDArray | None = None) -> dict[int, dict[str, float]]:
-    """Per-instance measurements for the label ``ids``.
+                          prob: NDArray | None = None, std: NDArray | None = None, samples: NDArray | None = None,
+                          threshold: float = 0.0) -> dict[int, dict[str, float]]:
+    """Per-instance measurements for the label ``ids`` (see the module notes for their meaning).
 
     ``area`` is in full-resolution pixels² (pixel count times ``scale``²), ``area_um2`` uses ``mpp`` (microns per
-    full-resolution pixel), ``confidence`` and ``mean_spread`` are the means of ``prob`` and ``std``.
+    full-resolution pixel). ``confidence`` is the K-sample instance score of ``samples`` ((K, H, W) SDFs, mask
+    ``sdf <= threshold``, or boolean masks), computed on the whole of ``labels`` so that neighbours clip sample
+    components as in the runtime JSON. ``mean_prob`` and ``mean_spread`` are the means of ``prob`` and ``std``.
     """
     ids = np.asarray(ids)
     count = ndi.sum_labels(np.ones(labels.shape, np.float64), labels, ids)
     cols: dict[str, NDArray] = {"area": count * scale * scale}
     if mpp:
         cols["area_um2"] = count * (scale * mpp) ** 2
+    if samples is not None:
+        from segflow.runtime.confidence import instance_confidence
+
+        sc = instance_confidence(labels, samples, threshold=threshold, std=np.zeros(labels.shape, np.float32))
+        cols["confidence"] = sc.confidence[np.searchsorted(sc.ids, ids)]
     if prob is not None:
-        cols["confidence"] = ndi.mean(prob, labels, ids)
+        cols["mean_prob"] = ndi.mean(prob, labels, ids)
     if std is not None:
         cols["mean_spread"] = ndi.mean(std, labels, ids)
     return {int(i): {k: round(float(v[j]), 6) for k, v in cols.items()} for j, i in enumerate(ids)}
@@ -126,15 +143,21 @@ def feature(geometry: dict, *, key: str, measurements: dict[str, float] | None =
 
 def label_features(labels: NDArray, *, ids: NDArray | None = None, offset: tuple[float, float] = (0.0, 0.0),
                    scale: float = 1.0, mpp: float | None = None, prob: NDArray | None = None,
-                   std: NDArray | None = None, key: str = "", id_map: dict[int, int] | None = None,
+                   std: NDArray | None = None, samples: NDArray | None = None, threshold: float = 0.0,
+                   key: str = "", id_map: dict[int, int] | None = None,
                    classification: dict | None = None) -> Iterator[dict[str, Any]]:
-    """Yield one Feature per instance of ``labels`` (all ids, or ``ids``); ``id_map`` renames ids in keys."""
+    """Yield one Feature per instance of ``labels`` (all ids, or ``ids``); ``id_map`` renames ids in keys.
+
+    ``samples`` ((K, H, W) sampled SDFs of the same window, or boolean masks) and ``threshold`` give the
+    ``confidence`` measurement; ``prob`` gives ``mean_prob``, ``std`` gives ``mean_spread``.
+    """
     if ids is None:
         ids = np.unique(labels)
         ids = ids[ids != 0]
     if len(ids) == 0:
         return
-    meas = instance_measurements(labels, ids, scale=scale, mpp=mpp, prob=prob, std=std)
+    meas = instance_measurements(labels, ids, scale=scale, mpp=mpp, prob=prob, std=std, samples=samples,
+                                 threshold=threshold)
     boxes = ndi.find_objects(labels, max_label=int(np.max(ids)))
     for i in ids:
         sl = boxes[int(i) - 1]

@@ -37,6 +37,7 @@ import numpy as np
 from numpy.typing import NDArray
 from segflow.runtime import geojson, instances
 from segflow.runtime.blend import accumulate, blend_weights
+from segflow.runtime.confidence import adaptive_threshold, parse_min_confidence
 from segflow.runtime.ometiff import _check_writable, write_ome_pyramid
 from segflow.runtime.slide import LevelView, SlideReader, choose_level
 from segflow.runtime.tiling import Tile, axis_starts, pad_to_tile
@@ -74,6 +75,9 @@ class SlideOptions:
         Largest margin tried; instances larger than this may be cut (counted in ``oversized``).
     geojson : bool
         Write the QuPath GeoJSON.
+    min_confidence : float or "adaptive", optional
+        Drop instances whose K-sample confidence is below this (``"adaptive"``: COIN's ``min(mean + std, 0.9)``
+        of the slide's scores, which takes one extra label pass). Default: keep every instance.
     tiff_tile : int
         Tile side of the output OME-TIFFs.
     """
@@ -86,6 +90,7 @@ class SlideOptions:
     margin: int | None = None
     max_margin: int = 4096
     geojson: bool = True
+    min_confidence: float | str | None = None
     tiff_tile: int = 512
 
 
@@ -108,6 +113,8 @@ class SlideSegmentation:
     nfe: int
     oversized: int
     timings: dict = field(default_factory=dict)
+    min_confidence: float | None = None
+    dropped: int = 0
 
     def summary(self) -> dict[str, Any]:
         """JSON-ready dict."""
@@ -166,6 +173,14 @@ class _Plan:
         return [Tile(i * n + j, self.ys[i], self.xs[j], self.tile, self.valid) for i in ri for j in rj]
 
 
+def _bits_dtype(k: int) -> Any:
+    """Smallest unsigned dtype with a bit per sample (None above 64 samples: no instance confidence)."""
+    for dt in (np.uint8, np.uint16, np.uint32, np.uint64):
+        if k <= np.iinfo(dt).bits:
+            return dt
+    return None
+
+
 def _zeros(root: str, name: str, shape: tuple[int, ...], dtype: Any, chunk: int, create: bool = True) -> Any:
     """A chunked zarr array under ``root``: created filled with zeros, or (``create=False``) opened for update."""
     zarr = require("zarr", "segflow[wsi]", "streaming whole slides")
@@ -196,6 +211,11 @@ class _Run:
         self.maps = {n: _zeros(tmp, n, (self.h, self.w), np.float32, chunk, create)
                      for n in ("mean_sdf", "std", "prob")}
         self.labels = _zeros(tmp, "labels", (self.h, self.w), np.uint32, chunk, create)
+        # bit k of ``inside`` = sample k has sdf <= threshold there: the K samples' masks at one byte per pixel
+        # (K <= 8), enough to score each instance by K-sample agreement in the label pass
+        self.bits_dtype = _bits_dtype(self.k)
+        self.inside = (_zeros(tmp, "inside", (self.h, self.w), self.bits_dtype, chunk, create)
+                       if self.bits_dtype is not None else None)
 
     def blocks(self) -> list[tuple[int, int, int, int]]:
         """The region's blocks ``(y0, y1, x0, x1)`` in raster order."""
@@ -255,6 +275,11 @@ class _Run:
         self.maps["mean_sdf"][y0:y1, x0:x1] = s.mean(axis=0, dtype=np.float64).astype(np.float32)
         self.maps["std"][y0:y1, x0:x1] = s.std(axis=0, dtype=np.float64).astype(np.float32)
         self.maps["prob"][y0:y1, x0:x1] = (s <= self.thr).mean(axis=0, dtype=np.float64).astype(np.float32)
+        if self.inside is not None:
+            bits = np.zeros(s.shape[1:], self.bits_dtype)
+            for k in range(self.k):
+                bits |= (s[k] <= self.thr).astype(self.bits_dtype) << self.bits_dtype(k)
+            self.inside[y0:y1, x0:x1] = bits
         for t in tiles:  # evict tiles no later block needs (later blocks lie below, or right in this row)
             if t.y + t.valid[0] <= y1 and t.x + t.valid[1] <= x1:
                 self.cache.pop(t.index, None)
@@ -275,16 +300,48 @@ class _Run:
         cut = np.isin(ids, touch)
         return lab, (wy0, wy1, wx0, wx1), ids[in_core & ~cut], ids[in_core & cut]
 
-    def label_block(self, y0: int, y1: int, x0: int, x1: int, next_id: int, write_feature: Any) -> tuple[int, int]:
+    def _samples(self, box: tuple[int, int, int, int]) -> NDArray[np.bool_] | None:
+        """The K samples' masks ``(K, h, w)`` over ``box`` (None when K > 64 and no bits were kept)."""
+        if self.inside is None:
+            return None
+        wy0, wy1, wx0, wx1 = box
+        bits = np.asarray(self.inside[wy0:wy1, wx0:wx1])
+        shifts = np.arange(self.k, dtype=self.bits_dtype)[:, None, None]
+        return ((bits[None] >> shifts) & self.bits_dtype(1)).astype(bool)
+
+    def _window(self, y0: int, y1: int, x0: int, x1: int):
         margin = self.opts.margin if self.opts.margin is not None else 4 * self.tile
         while True:
-            lab, (wy0, wy1, wx0, wx1), keep, cut = self._owned(y0, y1, x0, x1, margin)
+            lab, box, keep, cut = self._owned(y0, y1, x0, x1, margin)
             if not len(cut) or margin >= self.opts.max_margin:
-                break
+                return lab, box, np.concatenate([keep, cut]), len(cut)
             margin = min(2 * margin, self.opts.max_margin)
-        keep = np.concatenate([keep, cut])
+
+    def block_scores(self, y0: int, y1: int, x0: int, x1: int) -> NDArray[np.float64]:
+        """K-sample confidences of the instances this block owns (the label pass's instances)."""
+        lab, box, keep, _ = self._window(y0, y1, x0, x1)
+        return self._confidence(lab, box, keep)
+
+    def _confidence(self, lab: NDArray, box: tuple[int, int, int, int], ids: NDArray) -> NDArray[np.float64]:
+        from segflow.runtime.confidence import instance_confidence
+
+        samples = self._samples(box)
+        if not len(ids) or samples is None:
+            return np.ones(len(ids))
+        # scored on the whole window, so that neighbours clip sample components as in the image path
+        sc = instance_confidence(lab, samples, std=np.zeros(lab.shape, np.float32))
+        return sc.confidence[np.searchsorted(sc.ids, ids)]
+
+    def label_block(self, y0: int, y1: int, x0: int, x1: int, next_id: int, write_feature: Any,
+                    min_confidence: float | None = None) -> tuple[int, int, int]:
+        """Label the instances this block owns; return the next id, the oversized count and the dropped count."""
+        lab, (wy0, wy1, wx0, wx1), keep, n_cut = self._window(y0, y1, x0, x1)
+        dropped = 0
+        if min_confidence is not None and len(keep):
+            ok = self._confidence(lab, (wy0, wy1, wx0, wx1), keep) >= min_confidence
+            dropped, keep = int((~ok).sum()), keep[ok]
         if not len(keep):
-            return next_id, 0
+            return next_id, 0, dropped
         lut = np.zeros(int(lab.max()) + 1, np.uint32)
         lut[keep] = np.arange(next_id, next_id + len(keep), dtype=np.uint32)
         new = lut[lab]
@@ -293,7 +350,7 @@ class _Run:
         self.labels[wy0:wy1, wx0:wx1] = win
         if write_feature is not None:
             self._features(lab, keep, lut, (wy0, wy1, wx0, wx1), write_feature)
-        return next_id + len(keep), len(cut)
+        return next_id + len(keep), n_cut, dropped
 
     def _features(self, lab: NDArray, keep: NDArray, lut: NDArray, box: tuple, write: Any) -> None:
         wy0, wy1, wx0, wx1 = box
@@ -301,7 +358,8 @@ class _Run:
         for f in geojson.label_features(
                 lab, ids=keep, offset=(self.ox + wx0, self.oy + wy0), scale=d, mpp=self.view.reader.mpp,
                 prob=np.asarray(self.maps["prob"][wy0:wy1, wx0:wx1]),
-                std=np.asarray(self.maps["std"][wy0:wy1, wx0:wx1]), key=self.view.reader.path,
+                std=np.asarray(self.maps["std"][wy0:wy1, wx0:wx1]), samples=self._samples(box),
+                key=self.view.reader.path,
                 id_map={int(i): int(lut[i]) for i in keep}):
             write(f)
 
@@ -371,14 +429,19 @@ def _finish(run: _Run, reader: SlideReader, out: Path, name: str, tmp: str, *, t
     seg, view, opts = run.seg, run.view, run.opts
     t1 = time.perf_counter()
     staged = {k: os.path.join(tmp, f"{name}{s}") for k, s in OUTPUTS.items() if k != "geojson"}
-    next_id, oversized = 1, 0
+    next_id, oversized, dropped = 1, 0, 0
+    min_conf = parse_min_confidence(opts.min_confidence)
+    if min_conf == "adaptive":  # COIN's per-image threshold over the whole slide's scores: one scoring pass
+        scores = [run.block_scores(*blk) for blk in run.blocks()]
+        min_conf = adaptive_threshold(np.concatenate(scores) if scores else np.zeros(0))
     if opts.geojson:
         staged["geojson"] = os.path.join(tmp, f"{name}.geojson")
     ctx = geojson.feature_writer(staged["geojson"]) if opts.geojson else _null()
     with ctx as write:
         for blk in run.blocks():
-            next_id, n_cut = run.label_block(*blk, next_id, write)
+            next_id, n_cut, n_drop = run.label_block(*blk, next_id, write, min_confidence=min_conf)
             oversized += n_cut
+            dropped += n_drop
     t_labels = time.perf_counter() - t1
     n = next_id - 1
     src = run.labels if n >= 65535 else _Cast(run.labels, np.uint16)
@@ -391,7 +454,8 @@ def _finish(run: _Run, reader: SlideReader, out: Path, name: str, tmp: str, *, t
         tiles_run=tiles_run, tiles_skipped=max(0, run.plan.total - tiles_run), level=view.level,
         downsample=d, mpp=view.mpp, roi=(round(run.ox * d), round(run.oy * d), round(run.w * d), round(run.h * d)),
         shape=(run.h, run.w), samples=run.k, steps=seg.settings.steps, nfe=seg.nfe, oversized=oversized,
-        timings={"maps_s": t_maps, "labels_s": t_labels, "total_s": time.perf_counter() - t0})
+        timings={"maps_s": t_maps, "labels_s": t_labels, "total_s": time.perf_counter() - t0},
+        min_confidence=min_conf, dropped=dropped)
     write_json(staged["json"], {**res.summary(), "slide": reader.path, "card": seg.card.to_dict(),
                                 "backend": seg.backend_info})
     for k, v in staged.items():
@@ -494,7 +558,8 @@ def _options(args: Any) -> SlideOptions:
     if args.block < 64:
         raise InputError(f"--block {args.block} is too small: use at least 64 pixels.")
     return SlideOptions(roi=parse_roi(args.roi), level=args.level, mpp=args.mpp, tissue=args.tissue,
-                        block=args.block, geojson=args.geojson is not False)
+                        block=args.block, geojson=args.geojson is not False,
+                        min_confidence=parse_min_confidence(getattr(args, "min_confidence", None)))
 
 
 def check_slides(seg: Any, paths: list[Path], args: Any) -> None:

@@ -59,7 +59,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--save-samples", action="store_true", help="also write the K samples as NAME_samples.tif")
     p.add_argument("--min-confidence", default=None, metavar="FLOAT|adaptive",
                    help="drop instances whose K-sample confidence is below FLOAT, or below COIN's per-image "
-                        "min(mean + std, 0.9) with 'adaptive' (default: keep all; docs/coin.md)")
+                        "min(mean + std, 0.9) with 'adaptive' (per image; per slide for slides) (default: keep "
+                        "all; docs/coin.md)")
     bar = p.add_mutually_exclusive_group()
     bar.add_argument("--progress", dest="progress", action="store_true", default=None, help="always show progress")
     bar.add_argument("--quiet", "-q", dest="progress", action="store_false", help="no progress bar or summary lines")

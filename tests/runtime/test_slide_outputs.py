@@ -89,8 +89,9 @@ def test_features_validate_and_round_trip(tmp_path):
         assert ((back == n) == (lab == i)).all()  # IoU exactly 1 per instance
         m = fc["features"][n - 1]["properties"]["measurements"]
         assert m["area"] == 4 * (lab == i).sum() and m["area_um2"] == pytest.approx((lab == i).sum() * 0.25)
-        assert m["confidence"] == pytest.approx(prob[lab == i].mean(), abs=1e-6)
+        assert m["mean_prob"] == pytest.approx(prob[lab == i].mean(), abs=1e-6)
         assert m["mean_spread"] == pytest.approx(std[lab == i].mean(), abs=1e-6)
+        assert "confidence" not in m  # the instance score needs the K samples, which were not given
     assert any(f["geometry"]["type"] == "MultiPolygon" for f in fc["features"])
     again = list(geojson.label_features(lab, offset=(100, 200), scale=2.0, key="s"))
     assert [f["id"] for f in again] == [f["id"] for f in fc["features"]]  # stable UUIDs

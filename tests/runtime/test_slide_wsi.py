@@ -95,7 +95,7 @@ def test_geojson_round_trips_to_labels(streamed):
         assert inter / union == 1.0
     props = fc["features"][0]["properties"]
     assert props["objectType"] == "detection"
-    assert set(props["measurements"]) == {"area", "area_um2", "confidence", "mean_spread"}
+    assert set(props["measurements"]) == {"area", "area_um2", "confidence", "mean_prob", "mean_spread"}
     assert props["measurements"]["area_um2"] == pytest.approx(props["measurements"]["area"] * 0.25, rel=1e-6)
 
 
