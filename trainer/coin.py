@@ -38,7 +38,7 @@ from segflow.normalize import apply_norm, channels_and_stats
 from segflow.sdf import mask_to_sdf
 
 __all__ = ["CoinConfig", "PseudoLabels", "CoinResult", "pseudo_labels", "score_views", "loss_weights",
-           "predict", "self_distill", "add_arguments", "run"]
+           "expand", "predict", "predict_instances", "self_distill", "add_arguments", "run"]
 
 HELP = "annotation-free training: OT-refined seeds, two-view confidence, recursive self-distillation"
 
@@ -110,6 +110,44 @@ def _select(labels: NDArray, scores: NDArray, cap: float, margin: int, ignore: N
     keep = scores >= delta
     w = loss_weights(labels, ids[keep], ignore=ignore, margin=margin)
     return PseudoLabels(labels.astype(np.int32), keep, w, scores, delta)
+
+
+def expand(prev: PseudoLabels, pred: NDArray, scores: NDArray, refined: NDArray, *, cap: float = 0.9,
+           margin: int = 2) -> PseudoLabels:
+    """Next round's pseudo-labels: the previous confident instances, progressively expanded by the model's.
+
+    A predicted instance is confident when its score reaches this image's adaptive threshold ``delta_k``.
+    Confident predictions enter the label set; a previous confident instance stays unless a confident
+    prediction overlaps it (the prediction then replaces it, and the rest of its pixels are ignored), so the
+    confident set never shrinks to what one round's model is sure of. Unconfident predictions are kept as
+    labels with weight 0 (so the SDF around them stays right), as is refined-seed foreground that no
+    confident instance covers.
+    """
+    pred = np.asarray(pred)
+    ids = np.unique(pred[pred > 0])
+    delta = adaptive_threshold(scores, cap=cap)
+    conf_ids = ids[scores >= delta]
+    conf = np.isin(pred, conf_ids)
+    old_ids = np.unique(prev.labels[prev.labels > 0])
+    old_kept = old_ids[prev.keep]
+    old_mask = np.isin(prev.labels, old_kept)
+    replaced = np.unique(prev.labels[conf & old_mask])
+    carried = np.setdiff1d(old_kept, replaced)
+    top = int(ids.max()) if ids.size else 0
+    labels = np.where(conf, pred, 0).astype(np.int64)
+    carry = np.isin(prev.labels, carried) & (labels == 0)
+    labels[carry] = prev.labels[carry].astype(np.int64) + top  # old ids shifted past the predicted ones
+    rest = (pred > 0) & (labels == 0) & ~conf  # unconfident predictions, where nothing confident lies
+    labels[rest] = pred[rest]
+    new_ids = np.unique(labels[labels > 0])
+    kept_ids = np.concatenate([conf_ids, carried + top])
+    keep = np.isin(new_ids, kept_ids)
+    old_score = dict(zip(old_ids.tolist(), prev.scores.tolist(), strict=True))
+    new_score = dict(zip(ids.tolist(), np.asarray(scores, np.float64).tolist(), strict=True))
+    sc = np.array([new_score[i] if i <= top else old_score[i - top] for i in new_ids.tolist()], np.float64)
+    ignore = (np.isin(prev.labels, replaced) | (np.asarray(refined) > 0)) & ~np.isin(labels, kept_ids)
+    w = loss_weights(labels, kept_ids, ignore=ignore, margin=margin)
+    return PseudoLabels(labels.astype(np.int32), keep, w, sc, delta)
 
 
 def pseudo_labels(images: list[NDArray], cfg: CoinConfig) -> tuple[list, list, list[PseudoLabels]]:
@@ -195,10 +233,22 @@ def predict(model: SegModel, image: NDArray, *, samples: int = 4, steps: int = 4
     return out[:, 0, :h, :w].numpy()
 
 
-def self_distill(images: list[NDArray], cfg: CoinConfig = CoinConfig(), *, log=None) -> CoinResult:
-    """Run the whole COIN loop on unlabelled ``images`` (RGB or grayscale, any size >= ``cfg.tile``)."""
+def predict_instances(model: SegModel, image: NDArray, *, samples: int = 4, steps: int = 4, seed: int = 0,
+                      in_channels: int = 3, multiple: int = 8) -> tuple[NDArray[np.int32], NDArray[np.float32]]:
+    """The instances the loop takes from a model (watershed on the mean of K samples) and the K samples."""
     from segflow.runtime.instances import instances_from_sdf
 
+    sdfs = predict(model, image, samples=samples, steps=steps, seed=seed, in_channels=in_channels,
+                   multiple=multiple)
+    return instances_from_sdf(sdfs.mean(0), method="watershed").astype(np.int32), sdfs
+
+
+def self_distill(images: list[NDArray], cfg: CoinConfig = CoinConfig(), *, log=None, on_round=None) -> CoinResult:
+    """Run the whole COIN loop on unlabelled ``images`` (RGB or grayscale, any size >= ``cfg.tile``).
+
+    ``log(stats)`` gets each round's statistics; ``on_round(round, model)`` gets the round number (1..R) and the
+    EMA model after that round's training (e.g. to evaluate every round on held-out images).
+    """
     torch.manual_seed(cfg.seed)
     rng = np.random.default_rng(cfg.seed)
     in_ch = 3 if np.asarray(images[0]).ndim == 3 else 1
@@ -215,13 +265,13 @@ def self_distill(images: list[NDArray], cfg: CoinConfig = CoinConfig(), *, log=N
         data = [(x, mask_to_sdf(p.labels, cfg.sdf_delta), p.weight) for x, p in zip(normed, pseudo, strict=True)]
         losses = _train_round(model, ema, opt, objective, data, cfg, rng)
         new = []
+        if on_round is not None:
+            on_round(r + 1, ema.shadow)
         for i, img in enumerate(images):
-            sdfs = predict(ema.shadow, img, samples=cfg.samples, steps=cfg.sample_steps, seed=cfg.seed + i,
-                           in_channels=in_ch, multiple=net.size_multiple)
-            pred = instances_from_sdf(sdfs.mean(0), method="watershed").astype(np.int32)
+            pred, sdfs = predict_instances(ema.shadow, img, samples=cfg.samples, steps=cfg.sample_steps,
+                                           seed=cfg.seed + i, in_channels=in_ch, multiple=net.size_multiple)
             scores = score_views(pred, sdfs, refined[i], cfg.views)
-            missed = (refined[i] > 0) & (pred == 0)  # seed foreground the model missed: neither fg nor bg
-            new.append(_select(pred, scores, cfg.cap, cfg.margin, ignore=missed))
+            new.append(expand(pseudo[i], pred, scores, refined[i], cap=cfg.cap, margin=cfg.margin))
         pseudo = new
         stats = {"round": r + 1, "loss": float(np.mean(losses[-max(1, len(losses) // 5):])),
                  "kept": int(sum(p.keep.sum() for p in pseudo)), "instances": int(sum(p.keep.size for p in pseudo)),

@@ -8,11 +8,13 @@ Two steps turn an image into instance seeds without any annotation or foundation
    marker per distance peak.
 2. :func:`refine_seeds` — optimal-transport refinement of foreground/background. Every pixel gets a small feature
    vector (haematoxylin at two scales, local contrast, local texture). Entropic optimal transport
-   (:func:`sinkhorn`, log domain, regularisation ``reg`` = COIN's lambda) with *uniform* marginals moves the pixels
-   onto ``n_prototypes`` prototypes, which are re-estimated as transport-weighted means (a balanced, soft k-means;
-   SwAV's equipartition). The seeds vote each prototype foreground or background; a pixel's foreground
-   probability is the transport mass it sends to foreground prototypes. The refined mask is split into instances
-   by the same distance-transform watershed.
+   (:func:`sinkhorn`, log domain, regularisation ``reg`` = COIN's lambda) moves the pixels onto ``n_prototypes``
+   prototypes, half of them foreground and half background, which are re-estimated as transport-weighted means
+   (a soft k-means with fixed cluster masses, SwAV's equipartition within each group). The pixels are uniform;
+   the target marginal gives the foreground prototypes together the seeds' foreground fraction, so the OT
+   re-decides *which* pixels are foreground from their features without shrinking or growing the total. A
+   pixel's foreground probability is the transport mass it sends to foreground prototypes. The refined mask is
+   split into instances by the same distance-transform watershed.
 
 COIN itself refines with SAM and scores with MAE-pretrained features; neither exists offline here, so the OT runs
 on these hand-made pixel features and the instance scores come from IoU agreement (``segflow.runtime.confidence``).
@@ -194,34 +196,54 @@ class Refined:
 def refine_seeds(image: NDArray, seeds: NDArray, *, reg: float = 0.05, n_prototypes: int = 8,
                  rounds: int = 5, max_pixels: int = 20000, min_area: int = 12, min_distance: int = 3,
                  seed: int = 0) -> Refined:
-    """Refine seed foreground/background by entropic OT from pixel features to balanced prototypes.
+    """Refine seed foreground/background by entropic OT from pixel features to fg and bg prototypes.
+
+    ``n_prototypes // 2`` prototypes start as means of stain-ordered slices of the seeds' foreground pixels, the
+    others of their background pixels; the target marginal is the seeds' foreground fraction spread evenly over
+    the foreground prototypes and the rest over the background ones.
 
     Parameters
     ----------
     image : ndarray
         (H, W, 3) H&E-like or (H, W) grayscale image.
     seeds : ndarray of int, shape (H, W)
-        Seed instances (0 = background), e.g. from :func:`seed_instances`; they vote the prototypes fg/bg.
+        Seed instances (0 = background), e.g. from :func:`seed_instances`; they place the prototypes and set the
+        foreground mass.
     reg : float
         Entropic regularisation (COIN's lambda) on costs normalised to a maximum of 1.
     n_prototypes : int
-        Number of prototypes (uniform target marginal 1 / n_prototypes each).
+        Number of prototypes (>= 2), half foreground and half background.
     rounds : int
         Prototype updates (transport-weighted means).
     max_pixels : int
         Pixels sampled for fitting the prototypes; every pixel is then assigned with the fitted dual potential.
     """
+    if n_prototypes < 2:
+        raise ValueError(f"n_prototypes must be at least 2 (one foreground, one background), got {n_prototypes}")
     feats = pixel_features(image)
     fg_seed = np.asarray(seeds).reshape(-1) > 0
     rng = np.random.default_rng(seed)
     idx = rng.choice(feats.shape[0], size=min(max_pixels, feats.shape[0]), replace=False)
-    x = feats[idx]
-    order = np.argsort(x[:, 0])  # initial prototypes: means of equal-size slices along the stain feature
-    protos = np.stack([x[chunk].mean(0) for chunk in np.array_split(order, n_prototypes)])
+    x, x_fg = feats[idx], fg_seed[idx]
+    n = x.shape[0]
+    # Half the prototypes start in the seeds' foreground, half in their background (means of equal-size slices
+    # along the stain feature), and the target marginal gives each group the seeds' share of the pixels. Plain
+    # uniform marginals (1 / n_prototypes each) would round the foreground fraction to a multiple of
+    # 1 / n_prototypes: 8 prototypes and 17 % nuclei leave one foreground prototype with 12.5 % of the pixels,
+    # and every refined mask shrinks to about three quarters of its seed.
+    p_fg = float(np.clip(x_fg.mean(), 1.0 / n, 1.0 - 1.0 / n))
+    n_fg = n_prototypes // 2
+    groups = []
+    for part, k in ((np.flatnonzero(x_fg), n_fg), (np.flatnonzero(~x_fg), n_prototypes - n_fg)):
+        part = part if part.size >= k else np.arange(n)  # seeds (nearly) empty or full: slice all pixels
+        order = part[np.argsort(x[part, 0])]
+        groups.append(np.stack([x[chunk].mean(0) for chunk in np.array_split(order, k)]))
+    protos = np.concatenate(groups)
+    b = np.r_[np.full(n_fg, p_fg / n_fg), np.full(n_prototypes - n_fg, (1 - p_fg) / (n_prototypes - n_fg))]
     for _ in range(rounds):
         cost = ((x[:, None, :] - protos[None]) ** 2).sum(-1)
         scale = cost.max()
-        res = sinkhorn(cost / scale, reg=reg, max_iter=500, tol=1e-7)
+        res = sinkhorn(cost / scale, b=b, reg=reg, max_iter=500, tol=1e-7)
         w = res.plan / res.plan.sum(0, keepdims=True)
         protos = w.T @ x
     # out-of-sample assignment of every pixel with the fitted column potential g: P(k | x) ~ exp((g_k - C) / reg)
@@ -229,8 +251,7 @@ def refine_seeds(image: NDArray, seeds: NDArray, *, reg: float = 0.05, n_prototy
     logits = (res.g[None, :] - cost_all) / reg
     post = np.exp(logits - logits.max(1, keepdims=True))
     post /= post.sum(1, keepdims=True)
-    share = (post * fg_seed[:, None]).sum(0) / np.maximum(post.sum(0), 1e-12)  # seed-fg share per prototype
-    proto_fg = share > 0.5
+    proto_fg = np.arange(n_prototypes) < n_fg
     fg_prob = (post[:, proto_fg].sum(1)).reshape(np.asarray(seeds).shape)
     labels = split_instances(fg_prob > 0.5, min_area=min_area, min_distance=min_distance)
     return Refined(labels=labels, fg_prob=fg_prob, prototypes=protos, prototype_fg=proto_fg)

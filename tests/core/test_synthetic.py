@@ -7,7 +7,13 @@ import pytest
 from scipy import ndimage as ndi
 
 from segflow.sdf import boundary_pixels
-from segflow.synthetic import paint_ellipses, synthetic_annotators, synthetic_nuclei, synthetic_sequence
+from segflow.synthetic import (
+    contact_line,
+    paint_ellipses,
+    synthetic_annotators,
+    synthetic_nuclei,
+    synthetic_sequence,
+)
 
 
 def test_paint_ellipses_disc_matches_hand_count():
@@ -54,6 +60,20 @@ def test_nuclei_some_touch_and_touching_zero_gives_none():
     contact0 = (lab0[:, 1:] != lab0[:, :-1]) & (lab0[:, 1:] > 0) & (lab0[:, :-1] > 0)
     contact0v = (lab0[1:] != lab0[:-1]) & (lab0[1:] > 0) & (lab0[:-1] > 0)
     assert not contact0.any() and not contact0v.any()
+
+
+def test_gap_draws_a_paler_seam_where_nuclei_touch_only():
+    img0, lab0 = synthetic_nuclei((128, 128), n=25, touching=0.6, seed=0)
+    img, lab = synthetic_nuclei((128, 128), n=25, touching=0.6, gap=0.9, seed=0)
+    assert np.array_equal(lab, lab0)  # same nuclei, same labels; only the stain changes
+    seam = contact_line(lab)
+    assert seam.any() and (lab[seam] > 0).all()
+    near = ndi.binary_dilation(seam, np.ones((7, 7), bool))  # the 0.7-px Gaussian's 3-px (square) reach
+    assert np.array_equal(img[~near], img0[~near])
+    brightness = img.astype(float).sum(-1)
+    assert (brightness[seam] - img0.astype(float).sum(-1)[seam]).mean() > 40  # less haematoxylin: brighter
+    assert np.array_equal(synthetic_nuclei((64, 64), n=5, gap=0.0, seed=2)[0],
+                          synthetic_nuclei((64, 64), n=5, seed=2)[0])
 
 
 def test_he_nuclei_are_darker_and_bluer_than_background():

@@ -9,6 +9,8 @@ torch = pytest.importorskip("torch")
 
 from segflow.trainer.coin import (  # noqa: E402
     CoinConfig,
+    PseudoLabels,
+    expand,
     loss_weights,
     score_views,
     self_distill,
@@ -37,6 +39,26 @@ def test_loss_weights_hand_worked():
     ign[4, 0] = True
     w2 = loss_weights(lab, np.array([1, 2]), ignore=ign, margin=0)
     assert w2.sum() == 34 and w2[4, 0] == 0
+
+
+def test_expand_carries_confident_instances_hand_worked():
+    prev_lab = np.array([[1, 1, 1, 0, 2, 2, 2, 0, 3, 3, 0, 0]])
+    prev = PseudoLabels(prev_lab, np.array([True, True, False]), np.ones((1, 12), np.float32),
+                        np.array([0.9, 0.8, 0.2]), 0.5)
+    pred = np.array([[0, 5, 5, 5, 0, 0, 0, 0, 0, 7, 7, 0]])
+    refined = np.zeros((1, 12), int)
+    refined[0, 11] = 4  # seed foreground nobody kept
+    # scores 0.95, 0.1: delta = min(0.525 + 0.425, 0.9) = 0.9 -> 5 is confident, 7 is not
+    p = expand(prev, pred, np.array([0.95, 0.1]), refined, cap=0.9, margin=0)
+    assert p.delta == pytest.approx(0.9)
+    # 5 replaces 1 (its uncovered pixel is ignored), 2 is carried as 2 + 7, unconfident 7 stays with weight 0
+    assert p.labels.tolist() == [[0, 5, 5, 5, 9, 9, 9, 0, 0, 7, 7, 0]]
+    assert p.keep.tolist() == [True, False, True]
+    np.testing.assert_allclose(p.scores, [0.95, 0.1, 0.8])
+    assert p.weight.tolist() == [[0, 1, 1, 1, 1, 1, 1, 1, 1, 0, 0, 0]]
+    # a round whose model is sure of nothing keeps every previous confident instance
+    q = expand(prev, np.zeros((1, 12), int), np.zeros(0), refined, margin=0)
+    assert q.labels.tolist() == [[1, 1, 1, 0, 2, 2, 2, 0, 0, 0, 0, 0]] and q.keep.all()
 
 
 class _Net(torch.nn.Module):
