@@ -32,6 +32,11 @@ __all__ = ["Segmenter", "Segmentation", "Cancelled", "iter_tiles", "SAMPLERS"]
 
 SAMPLERS = {"flowsdf": FlowSDFSampler, "ssb": BridgeSampler}
 FIELD_INPUTS = {"flowsdf": {"x", "t", "features"}, "ssb": {"x", "t", "features", "label"}}
+# Pixels per field call on a CPU execution provider when no --batch-size is given. Batching does not add
+# parallelism on a CPU (ONNX Runtime already spreads each convolution over the cores), and calls whose
+# activations outgrow the caches ran 10-25x slower per pixel on the development VM (64² tiles: 8 per call
+# about 1 s/Mpx, 64 per call 25 s/Mpx; benchmarks/results/bench_runtime.md).
+CPU_CALL_PIXELS = 8 * 64 * 64
 
 
 class Cancelled(SegflowError):
@@ -132,7 +137,8 @@ class Segmenter:
     threads : int, optional
         CPU threads of ONNX Runtime (default: physical cores).
     batch_size : int, optional
-        Samples per field call (default: from ``memory_budget_mb``, see ``batch_from_budget``).
+        Samples per field call (default: from ``memory_budget_mb``, see ``batch_from_budget``; on a CPU
+        execution provider also at most ``CPU_CALL_PIXELS`` pixels per call).
     guidance, label, ode : SSB engines only (classifier-free guidance weight, annotator label, OT-ODE).
 
     Thread safety
@@ -172,6 +178,8 @@ class Segmenter:
             raise InputError(f"invalid sampling options for {self.paths.field}: {exc}.") from exc
         self._field, self._encoder = self._open_backends(backend, threads)
         self._check_graphs()
+        if batch_size is None and self._on_cpu():
+            self.settings = replace(self.settings, batch=min(self.settings.batch, max(1, CPU_CALL_PIXELS // tile**2)))
         self.settings = self._cap_batch(self.settings, explicit=batch_size is not None)
         if self.card.kind == "ssb":
             self.sampler = BridgeSampler(self._field, self._encoder, self.settings, card=self.card,
@@ -206,6 +214,10 @@ class Segmenter:
             raise InputError(f"--batch-size {settings.batch} exceeds the largest batch engine {self.paths.field} "
                              f"was built for ({cap}): lower it or rebuild with a larger `runtime build --batch`.")
         return replace(settings, batch=cap)
+
+    def _on_cpu(self) -> bool:
+        providers = getattr(self._field, "providers", None)
+        return bool(providers) and providers[0] == "CPUExecutionProvider"
 
     def _open_backends(self, backend: str, threads: int | None) -> tuple[Any, Any]:
         if backend not in ("auto", "cpu", "cuda", "tensorrt"):

@@ -8,6 +8,7 @@ import threading
 
 import numpy as np
 import pytest
+import segflow.runtime.session as session_mod
 from segflow.runtime.blend import BLENDS, Blender
 from segflow.runtime.sampling import tile_noise
 from segflow.runtime.session import Cancelled, Segmenter, iter_tiles
@@ -232,7 +233,6 @@ def test_sampling_option_errors(models_dir):
 
 def test_batch_is_capped_at_an_engine_s_largest_batch(models_dir, monkeypatch):
     """A TensorRT engine's profile fixes its largest batch: the Segmenter fits its batch under it, same result."""
-    import segflow.runtime.session as session_mod
 
     real_open = session_mod.open_backend
     seen: list[int] = []
@@ -264,3 +264,34 @@ def test_batch_is_capped_at_an_engine_s_largest_batch(models_dir, monkeypatch):
     np.testing.assert_array_equal(got.mean_sdf, want.mean_sdf)
     with pytest.raises(InputError, match="exceeds the largest batch"):
         Segmenter(models_dir / "dirac.onnx", samples=2, steps=2, threads=1, batch_size=8)
+
+
+def test_cpu_default_batch_keeps_calls_cache_sized(models_dir, tmp_path):
+    """On the CPU provider the default batch holds at most CPU_CALL_PIXELS pixels; --batch-size overrides it."""
+    from segflow.runtime.sampling import batch_from_budget
+
+    for tile in (16, 64, 256):
+        engine = _retiled(models_dir, tmp_path / str(tile), tile)
+        with Segmenter(engine, samples=2, steps=1, threads=1, backend="cpu") as seg:
+            budget = batch_from_budget(tile, seg.card.feature_channels, "euler", 1024 * 2**20)
+            want = min(budget, max(1, session_mod.CPU_CALL_PIXELS // tile**2))
+            assert seg.settings.batch == want
+            assert want < budget or tile == 16  # the cap binds for every tile but the smallest
+        with Segmenter(engine, samples=2, steps=1, threads=1, backend="cpu", batch_size=40) as seg:
+            assert seg.settings.batch == 40
+
+
+def _retiled(models_dir, folder, tile):
+    """The dirac engine with its card's tile changed (the graphs are fully convolutional)."""
+    import onnx
+
+    folder.mkdir()
+    for name in ("dirac.onnx", "dirac.encoder.onnx"):
+        model = onnx.load(models_dir / name)
+        for prop in model.metadata_props:
+            if prop.key == "segflow.card":
+                card = json.loads(prop.value)
+                card["tile"] = tile
+                prop.value = json.dumps(card, sort_keys=True)
+        onnx.save(model, folder / name)
+    return folder / "dirac.onnx"
