@@ -37,7 +37,7 @@ import numpy as np
 from numpy.typing import NDArray
 from segflow.runtime import geojson, instances
 from segflow.runtime.blend import accumulate, blend_weights
-from segflow.runtime.confidence import adaptive_threshold, parse_min_confidence
+from segflow.runtime.confidence import adaptive_threshold, instance_confidence, parse_min_confidence
 from segflow.runtime.ometiff import _check_writable, write_ome_pyramid
 from segflow.runtime.slide import LevelView, SlideReader, choose_level
 from segflow.runtime.tiling import Tile, axis_starts, pad_to_tile
@@ -323,8 +323,6 @@ class _Run:
         return self._confidence(lab, box, keep)
 
     def _confidence(self, lab: NDArray, box: tuple[int, int, int, int], ids: NDArray) -> NDArray[np.float64]:
-        from segflow.runtime.confidence import instance_confidence
-
         samples = self._samples(box)
         if not len(ids) or samples is None:
             return np.ones(len(ids))
