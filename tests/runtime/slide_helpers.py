@@ -44,3 +44,14 @@ def same_partition(a: np.ndarray, b: np.ndarray) -> bool:
         return False
     pairs = np.unique(np.stack([a, b]), axis=1)
     return len(np.unique(pairs[0])) == len(np.unique(pairs[1])) == pairs.shape[1]
+
+
+def write_discs(tmp_path: Path) -> Path:
+    """A 48² grayscale TIFF with three dark discs (radius 6) on white, for the confidence CLI tests."""
+    img = np.full((48, 48), 255, np.uint8)
+    yy, xx = np.mgrid[:48, :48]
+    for cy, cx in ((12, 12), (12, 34), (34, 20)):
+        img[(yy - cy) ** 2 + (xx - cx) ** 2 <= 36] = 0
+    path = tmp_path / "im.tif"
+    tifffile.imwrite(path, img)
+    return path

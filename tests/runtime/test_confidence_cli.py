@@ -10,6 +10,7 @@ import pytest
 import tifffile
 from segflow.runtime.cli import main
 from segflow.runtime.confidence import filter_segmentation
+from slide_helpers import write_discs
 
 
 @dataclass(frozen=True)
@@ -49,16 +50,6 @@ def test_filter_segmentation_needs_scores():
         filter_segmentation(seg, 0.5)
 
 
-def _discs(tmp_path):
-    img = np.full((48, 48), 255, np.uint8)
-    yy, xx = np.mgrid[:48, :48]
-    for cy, cx in ((12, 12), (12, 34), (34, 20)):
-        img[(yy - cy) ** 2 + (xx - cx) ** 2 <= 36] = 0
-    path = tmp_path / "im.tif"
-    tifffile.imwrite(path, img)
-    return path
-
-
 def _segment(models_dir, path, out, engine, extra=()):
     rc = main(["segment", "--engine", str(models_dir / f"{engine}.onnx"), str(path), "--out", str(out),
                "-k", "3", "-n", "2", "-q", *extra])
@@ -67,7 +58,7 @@ def _segment(models_dir, path, out, engine, extra=()):
 
 def test_cli_deterministic_model_keeps_everything(tmp_path, models_dir):
     # the dirac engine draws the image itself in every sample: all scores are 1, nothing is dropped
-    path = _discs(tmp_path)
+    path = write_discs(tmp_path)
     rc, js, lab = _segment(models_dir, path, tmp_path / "a", "dirac", ("--min-confidence", "adaptive"))
     assert rc == 0 and js["instances"]["count"] == 3
     assert [r["confidence"] for r in js["instance_table"]] == [1.0, 1.0, 1.0]
@@ -76,7 +67,7 @@ def test_cli_deterministic_model_keeps_everything(tmp_path, models_dir):
 
 def test_cli_noise_model_is_filtered(tmp_path, models_dir):
     # v = -x draws unrelated noise per sample: instances exist without the filter, none survive 0.95
-    path = _discs(tmp_path)
+    path = write_discs(tmp_path)
     rc, js, lab = _segment(models_dir, path, tmp_path / "b", "negx")
     assert rc == 0 and js["instances"]["count"] > 0
     assert max(r["confidence"] for r in js["instance_table"]) < 0.95
@@ -85,7 +76,7 @@ def test_cli_noise_model_is_filtered(tmp_path, models_dir):
 
 
 def test_cli_bad_value(tmp_path, models_dir, capsys):
-    path = _discs(tmp_path)
+    path = write_discs(tmp_path)
     rc = main(["segment", "--engine", str(models_dir / "dirac.onnx"), str(path), "--out", str(tmp_path / "d"),
                "--min-confidence", "high"])
     assert rc == 2

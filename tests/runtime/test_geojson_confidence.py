@@ -9,6 +9,7 @@ import pytest
 import tifffile
 from segflow.runtime import geojson
 from segflow.runtime.cli import main
+from slide_helpers import write_discs
 
 
 def test_measurements_hand_worked_touching_pair():
@@ -28,21 +29,11 @@ def test_measurements_hand_worked_touching_pair():
     assert geojson.instance_measurements(lab, np.array([2]), samples=sdf, threshold=-0.6)[2]["confidence"] == 0.0
 
 
-def _discs(tmp_path):
-    img = np.full((48, 48), 255, np.uint8)
-    yy, xx = np.mgrid[:48, :48]
-    for cy, cx in ((12, 12), (12, 34), (34, 20)):
-        img[(yy - cy) ** 2 + (xx - cx) ** 2 <= 36] = 0
-    path = tmp_path / "im.tif"
-    tifffile.imwrite(path, img)
-    return path
-
-
 @pytest.mark.parametrize("engine", ["negx", "blur"])
 def test_feature_confidence_equals_json_score(tmp_path, models_dir, engine):
     # negx draws independent noise per sample (scores spread below 1); blur draws the image (scores near 1)
     out = tmp_path / "out"
-    rc = main(["segment", "--engine", str(models_dir / f"{engine}.onnx"), str(_discs(tmp_path)), "--out", str(out),
+    rc = main(["segment", "--engine", str(models_dir / f"{engine}.onnx"), str(write_discs(tmp_path)), "--out", str(out),
                "-k", "4", "-n", "2", "-q", "--save-samples"])
     assert rc == 0
     js = json.loads((out / "im.json").read_text())
