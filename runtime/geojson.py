@@ -101,20 +101,23 @@ def mask_polygons(mask: NDArray, *, offset: tuple[float, float] = (0.0, 0.0), sc
 
 def instance_measurements(labels: NDArray, ids: NDArray, *, scale: float = 1.0, mpp: float | None = None,
                           prob: NDArray | None = None, std: NDArray | None = None, samples: NDArray | None = None,
-                          threshold: float = 0.0) -> dict[int, dict[str, float]]:
+                          threshold: float = 0.0, confidence: NDArray | None = None) -> dict[int, dict[str, float]]:
     """Per-instance measurements for the label ``ids`` (see the module notes for their meaning).
 
     ``area`` is in full-resolution pixels² (pixel count times ``scale``²), ``area_um2`` uses ``mpp`` (microns per
     full-resolution pixel). ``confidence`` is the K-sample instance score of ``samples`` ((K, H, W) SDFs, mask
     ``sdf <= threshold``, or boolean masks), computed on the whole of ``labels`` so that neighbours clip sample
-    components as in the runtime JSON. ``mean_prob`` and ``mean_spread`` are the means of ``prob`` and ``std``.
+    components as in the runtime JSON; a caller that already has the scores passes them as ``confidence``
+    (aligned with ``ids``). ``mean_prob`` and ``mean_spread`` are the means of ``prob`` and ``std``.
     """
     ids = np.asarray(ids)
     count = ndi.sum_labels(np.ones(labels.shape, np.float64), labels, ids)
     cols: dict[str, NDArray] = {"area": count * scale * scale}
     if mpp:
         cols["area_um2"] = count * (scale * mpp) ** 2
-    if samples is not None:
+    if confidence is not None:
+        cols["confidence"] = np.asarray(confidence, np.float64)
+    elif samples is not None:
         from segflow.runtime.confidence import instance_confidence
 
         sc = instance_confidence(labels, samples, threshold=threshold, std=np.zeros(labels.shape, np.float32))
@@ -144,12 +147,13 @@ def feature(geometry: dict, *, key: str, measurements: dict[str, float] | None =
 def label_features(labels: NDArray, *, ids: NDArray | None = None, offset: tuple[float, float] = (0.0, 0.0),
                    scale: float = 1.0, mpp: float | None = None, prob: NDArray | None = None,
                    std: NDArray | None = None, samples: NDArray | None = None, threshold: float = 0.0,
-                   key: str = "", id_map: dict[int, int] | None = None,
+                   confidence: NDArray | None = None, key: str = "", id_map: dict[int, int] | None = None,
                    classification: dict | None = None) -> Iterator[dict[str, Any]]:
     """Yield one Feature per instance of ``labels`` (all ids, or ``ids``); ``id_map`` renames ids in keys.
 
     ``samples`` ((K, H, W) sampled SDFs of the same window, or boolean masks) and ``threshold`` give the
-    ``confidence`` measurement; ``prob`` gives ``mean_prob``, ``std`` gives ``mean_spread``.
+    ``confidence`` measurement (or pass the scores, aligned with ``ids``, as ``confidence``); ``prob`` gives
+    ``mean_prob``, ``std`` gives ``mean_spread``.
     """
     if ids is None:
         ids = np.unique(labels)
@@ -157,7 +161,7 @@ def label_features(labels: NDArray, *, ids: NDArray | None = None, offset: tuple
     if len(ids) == 0:
         return
     meas = instance_measurements(labels, ids, scale=scale, mpp=mpp, prob=prob, std=std, samples=samples,
-                                 threshold=threshold)
+                                 threshold=threshold, confidence=confidence)
     boxes = ndi.find_objects(labels, max_label=int(np.max(ids)))
     for i in ids:
         sl = boxes[int(i) - 1]

@@ -334,10 +334,12 @@ class _Run:
                     min_confidence: float | None = None) -> tuple[int, int, int]:
         """Label the instances this block owns; return the next id, the oversized count and the dropped count."""
         lab, (wy0, wy1, wx0, wx1), keep, n_cut = self._window(y0, y1, x0, x1)
-        dropped = 0
+        dropped, conf = 0, None
+        if (min_confidence is not None or write_feature is not None) and len(keep):
+            conf = self._confidence(lab, (wy0, wy1, wx0, wx1), keep)  # scored once, for the filter and the GeoJSON
         if min_confidence is not None and len(keep):
-            ok = self._confidence(lab, (wy0, wy1, wx0, wx1), keep) >= min_confidence
-            dropped, keep = int((~ok).sum()), keep[ok]
+            ok = conf >= min_confidence
+            dropped, keep, conf = int((~ok).sum()), keep[ok], conf[ok]
         if not len(keep):
             return next_id, 0, dropped
         lut = np.zeros(int(lab.max()) + 1, np.uint32)
@@ -347,17 +349,18 @@ class _Run:
         win[new > 0] = new[new > 0]
         self.labels[wy0:wy1, wx0:wx1] = win
         if write_feature is not None:
-            self._features(lab, keep, lut, (wy0, wy1, wx0, wx1), write_feature)
+            self._features(lab, keep, lut, (wy0, wy1, wx0, wx1), write_feature, conf)
         return next_id + len(keep), n_cut, dropped
 
-    def _features(self, lab: NDArray, keep: NDArray, lut: NDArray, box: tuple, write: Any) -> None:
+    def _features(self, lab: NDArray, keep: NDArray, lut: NDArray, box: tuple, write: Any,
+                  conf: NDArray | None) -> None:
         wy0, wy1, wx0, wx1 = box
         d = self.view.downsample
         for f in geojson.label_features(
                 lab, ids=keep, offset=(self.ox + wx0, self.oy + wy0), scale=d, mpp=self.view.reader.mpp,
                 prob=np.asarray(self.maps["prob"][wy0:wy1, wx0:wx1]),
-                std=np.asarray(self.maps["std"][wy0:wy1, wx0:wx1]), samples=self._samples(box),
-                key=self.view.reader.path,
+                std=np.asarray(self.maps["std"][wy0:wy1, wx0:wx1]),
+                confidence=conf if self.inside is not None else None, key=self.view.reader.path,
                 id_map={int(i): int(lut[i]) for i in keep}):
             write(f)
 
