@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import importlib.util
 import shlex
 import sys
 from pathlib import Path
@@ -117,20 +118,18 @@ COMMANDS = {
 
 
 def _coin_command():
-    """``trainer coin`` (segflow.trainer.coin needs torch); a stub that explains if it cannot load."""
-    help_ = "annotation-free training: OT-refined seeds, two-view confidence, recursive self-distillation"
-    try:
-        mod = importlib.import_module("segflow.trainer.coin")
-    except ImportError as exc:
-        reason = str(exc)
+    """``trainer coin``: its flags load without torch (segflow.trainer.coin_cli), the run imports
+    segflow.trainer.coin; a stub that explains when torch is not installed."""
+    mod = importlib.import_module("segflow.trainer.coin_cli")
+    if importlib.util.find_spec("torch") is None:
 
         def missing_args(p: argparse.ArgumentParser) -> None:
             p.add_argument("rest", nargs=argparse.REMAINDER)
 
         def missing_run(args: argparse.Namespace) -> int:
-            raise SegflowError(f"`trainer coin` is unavailable here ({reason}): install segflow[train].")
+            raise SegflowError("`trainer coin` is unavailable here (torch is not installed): install segflow[train].")
 
-        return help_, None, missing_args, missing_run
+        return mod.HELP, None, missing_args, missing_run
     return mod.HELP, getattr(mod, "DESCRIPTION", None), mod.add_arguments, mod.run
 
 

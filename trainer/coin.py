@@ -15,12 +15,8 @@ entropic OT over hand-made pixel features; MAE feature similarity -> IoU agreeme
 
 from __future__ import annotations
 
-import argparse
-import dataclasses
-import sys
 import time
-from dataclasses import dataclass, field
-from pathlib import Path
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -28,6 +24,7 @@ import torch
 from numpy.typing import NDArray
 from scipy import ndimage as ndi
 from segflow.runtime.confidence import adaptive_threshold, best_match_iou, instance_confidence
+from segflow.trainer.coin_cli import CoinConfig
 from segflow.trainer.coin_seeds import refine_seeds, seed_instances
 from segflow.trainer.ema import EMA
 from segflow.trainer.flow import FlowObjective
@@ -38,35 +35,7 @@ from segflow.normalize import apply_norm, channels_and_stats
 from segflow.sdf import mask_to_sdf
 
 __all__ = ["CoinConfig", "PseudoLabels", "CoinResult", "pseudo_labels", "score_views", "loss_weights",
-           "expand", "predict", "predict_instances", "self_distill", "add_arguments", "run"]
-
-HELP = "annotation-free training: OT-refined seeds, two-view confidence, recursive self-distillation"
-
-
-@dataclass(frozen=True)
-class CoinConfig:
-    """Settings of a COIN run (network via ``preset`` + ``net`` overrides)."""
-
-    rounds: int = 2
-    steps: int = 300
-    batch: int = 4
-    tile: int = 64
-    lr: float = 1e-3
-    ema: float = 0.99
-    grad_clip: float = 1.0
-    preset: str = "lite"
-    net: dict = field(default_factory=dict)
-    sdf_delta: float = 8.0
-    sigma_min: float = 1e-4
-    reg: float = 0.05
-    n_prototypes: int = 8
-    cap: float = 0.9
-    views: str = "both"
-    samples: int = 4
-    sample_steps: int = 4
-    margin: int = 2
-    seed: int = 0
-
+           "expand", "predict", "predict_instances", "self_distill"]
 
 @dataclass(frozen=True)
 class PseudoLabels:
@@ -243,12 +212,14 @@ def predict_instances(model: SegModel, image: NDArray, *, samples: int = 4, step
     return instances_from_sdf(sdfs.mean(0), method="watershed").astype(np.int32), sdfs
 
 
-def self_distill(images: list[NDArray], cfg: CoinConfig = CoinConfig(), *, log=None, on_round=None) -> CoinResult:
-    """Run the whole COIN loop on unlabelled ``images`` (RGB or grayscale, any size >= ``cfg.tile``).
+def self_distill(images: list[NDArray], cfg: CoinConfig | None = None, *, log=None, on_round=None) -> CoinResult:
+    """Run the whole COIN loop on unlabelled ``images`` (RGB or grayscale, any size >= ``cfg.tile``); ``cfg``
+    defaults to ``CoinConfig()``.
 
     ``log(stats)`` gets each round's statistics; ``on_round(round, model)`` gets the round number (1..R) and the
     EMA model after that round's training (e.g. to evaluate every round on held-out images).
     """
+    cfg = cfg or CoinConfig()
     torch.manual_seed(cfg.seed)
     rng = np.random.default_rng(cfg.seed)
     in_ch = 3 if np.asarray(images[0]).ndim == 3 else 1
@@ -283,59 +254,3 @@ def self_distill(images: list[NDArray], cfg: CoinConfig = CoinConfig(), *, log=N
 
 
 # -- command line ------------------------------------------------------------------------------------------
-def add_arguments(p: argparse.ArgumentParser) -> None:
-    """Flags of ``trainer coin``."""
-    p.add_argument("data", help="folder of unlabelled images (labels, if any, are ignored), or 'synthetic'")
-    p.add_argument("--out", default="runs/coin", help="output folder (checkpoint.pt, card.json, coin.json)")
-    for f in dataclasses.fields(CoinConfig):
-        if f.name == "net":
-            continue
-        flag = "--" + f.name.replace("_", "-")
-        p.add_argument(flag, dest=f.name, type=type(f.default), default=None, help=f"(default {f.default})")
-    p.add_argument("--base", type=int, default=None, help="network base width override")
-    p.add_argument("--max-images", type=int, default=0, help="use at most this many images (0 = all)")
-
-
-def _load_images(source: str, limit: int) -> list[NDArray]:
-    from segflow.trainer.data import load_pairs
-
-    pairs = load_pairs(source)
-    names, images = set(), []
-    for pair in pairs:
-        if pair.name not in names:
-            names.add(pair.name)
-            images.append(pair.image)
-    return images[:limit] if limit else images
-
-
-def run(args: argparse.Namespace) -> int:
-    """Run COIN self-distillation and write a checkpoint in the ``trainer train`` format."""
-    from segflow.trainer.train import rng_state, save_checkpoint
-
-    from segflow.card import ModelCard
-    from segflow.imageio import write_json
-
-    overrides = {f.name: getattr(args, f.name) for f in dataclasses.fields(CoinConfig)
-                 if f.name != "net" and getattr(args, f.name, None) is not None}
-    cfg = dataclasses.replace(CoinConfig(), **overrides, net={"base": args.base} if args.base else {})
-    images = _load_images(args.data, args.max_images)
-    result = self_distill(images, cfg, log=lambda s: print(f"coin round {s['round']}: loss {s['loss']:.4f}, kept "
-                                                           f"{s['kept']}/{s['instances']} instances, "
-                                                           f"{s['seconds']:.1f} s", file=sys.stderr))
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    card = ModelCard(kind="flowsdf", preset=cfg.preset if not cfg.net else "custom", tile=cfg.tile,
-                     in_channels=result.net.in_channels, feature_channels=result.net.base,
-                     normalisation={"mode": "dtype"}, sdf_delta=cfg.sdf_delta, threshold=0.0, target="sdf",
-                     sigma_min=cfg.sigma_min, training_data=f"{args.data} (unlabelled, COIN pseudo-labels)",
-                     licence="of the images used", sampling={"steps": cfg.sample_steps, "method": "euler",
-                                                            "samples": cfg.samples},
-                     extra={"coin": dataclasses.asdict(cfg), "history": result.history})
-    state = result.model.state_dict()
-    save_checkpoint(out / "checkpoint.pt", model=state, ema=state, optimizer={}, step=cfg.rounds * cfg.steps,
-                    config={"kind": "flowsdf", "preset": cfg.preset, "coin": dataclasses.asdict(cfg)},
-                    net=result.net.to_dict(), card=card.to_dict(), rng=rng_state())
-    write_json(out / "card.json", card.to_dict())
-    write_json(out / "coin.json", {"config": dataclasses.asdict(cfg), "history": result.history})
-    print(f"coin: wrote {out / 'checkpoint.pt'}", file=sys.stderr)
-    return 0

@@ -18,6 +18,28 @@ def test_help_works_without_torch():
     assert "train" in out.stdout and "export" in out.stdout and "synth" in out.stdout
 
 
+def test_parser_does_not_import_torch_and_coin_explains_without_it():
+    """Building the parser (every ``trainer`` call) must not pay torch's import; ``trainer coin`` without torch
+    is one sentence and exit 2."""
+    code = ("import sys\nfrom segflow.trainer.cli import build_parser\nbuild_parser()\n"
+            "print('torch' in sys.modules)\n")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0 and out.stdout.strip() == "False", out.stderr
+    code = ("import sys; sys.modules['torch'] = None\n"
+            "from segflow.trainer.cli import main\nsys.exit(main(['coin', 'synthetic']))\n")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 2
+    assert out.stderr.strip() == ("trainer coin: error: `trainer coin` is unavailable here (torch is not installed): "
+                                  "install segflow[train].")
+
+
+def test_coin_help_lists_its_settings(capsys):
+    with pytest.raises(SystemExit):
+        main(["coin", "--help"])
+    text = capsys.readouterr().out
+    assert "--rounds" in text and "--n-prototypes" in text and "--max-images" in text
+
+
 def test_train_help_lists_the_config_flags(capsys):
     with pytest.raises(SystemExit):
         main(["train", "--help"])
