@@ -125,7 +125,9 @@ class Segmenter:
         ``auto`` = by file type (ONNX Runtime for .onnx, CUDA provider when present; TensorRT for .plan).
     samples, steps, method, stride : optional
         K, steps per pass, ``euler``/``heun``/``rk4``, tile stride (defaults: the card's ``sampling``; stride
-        = 3/4 of the tile).
+        = 3/4 of the tile). ``method`` is FlowSDF's integrator: an SSB engine refuses it and samples with the
+        bridge's own sampler; the ``method`` attribute (and each result's) names the one used, ``bridge-ancestral``
+        or ``bridge-ode`` for SSB.
     seed : int
         Noise seed; the same seed gives the same result whatever the batch size.
     noise_iterations, renoise_t : int, float
@@ -166,6 +168,9 @@ class Segmenter:
         if not 1 <= self.stride <= tile:
             raise InputError(f"stride {self.stride} must be between 1 and the model's tile size {tile}.")
         defaults = self.card.sampling
+        if self.card.kind == "ssb" and method:
+            raise InputError(f"--method {method} applies to FlowSDF engines; {self.paths.field} is an SSB engine, "
+                             "which samples with the bridge's ancestral sampler (or --ode): drop --method.")
         method = method or defaults.get("method", "euler")
         batch = batch_size or batch_from_budget(tile, self.card.feature_channels, method,
                                                 memory_budget_mb * 2**20)
@@ -185,10 +190,12 @@ class Segmenter:
             self.sampler = BridgeSampler(self._field, self._encoder, self.settings, card=self.card,
                                          guidance=guidance, label=label, ode=ode)
             self.nfe = self.sampler.nfe
+            self.method = "bridge-ode" if ode else "bridge-ancestral"
         else:
             self.sampler = FlowSDFSampler(self._field, self._encoder, self.settings,
                                           sigma_min=self.card.sigma_min)
             self.nfe = self.settings.nfe
+            self.method = self.settings.method
 
     # -- set-up ------------------------------------------------------------------------------------------------
     def _cap_batch(self, settings: SamplingSettings, *, explicit: bool) -> SamplingSettings:
@@ -375,7 +382,7 @@ class Segmenter:
         t_conf = time.perf_counter() - t0
         s = self.settings
         return {"labels": labels, "mean_sdf": mean, "std": std, "prob": prob, "mask": mean <= thr,
-                "samples": s.samples, "steps": s.steps, "method": s.method, "nfe": self.nfe,
+                "samples": s.samples, "steps": s.steps, "method": self.method, "nfe": self.nfe,
                 "noise_iterations": s.noise_iterations, "seed": seed, "stride": self.stride, "blend": self.blend,
                 "instance_method": self.instance_method, "backend": self.backend_info, "card": self.card,
                 "instances": tuple(rows), "timings": {"instances_s": t_inst, "instance_table_s": t_conf}}

@@ -127,6 +127,16 @@ def test_segment_writes_k_samples_mean_and_spread(engine, image, tmp_path, capsy
     info = json.loads((out / "lesion.json").read_text())
     s = info["sampling"]
     assert (s["kind"], s["samples"], s["steps"], s["nfe"]) == ("ssb", K, STEPS, nfe)
+    assert s["method"] == "bridge-ancestral"        # the bridge's sampler, not a FlowSDF integrator
     assert info["timings"]["tiles"] > 1 and s["nfe_total"] == nfe * K * info["timings"]["tiles"]
     assert info["model_card"]["kind"] == "ssb"
     assert info["files"]["samples"] == "lesion_samples.tif"
+
+
+def test_flowsdf_method_is_refused_for_an_ssb_engine(engine, image, tmp_path, capsys):
+    out = tmp_path / "out"
+    code = runtime_main(["segment", "--engine", str(engine), str(image), "--out", str(out), "--method", "heun",
+                         "-q"])
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and "--method heun applies to FlowSDF engines" in err and "\n" not in err
+    assert not out.exists() or not any(out.iterdir())
