@@ -57,6 +57,8 @@ class CohortOptions:
         Keyword arguments of :class:`~segflow.runtime.session.Segmenter` (samples, steps, method, seed, ...).
     slide : dict
         Keyword arguments of :class:`~segflow.runtime.wsi.SlideOptions` for slides (roi is per slide, not here).
+        Its ``min_confidence`` (a float or ``"adaptive"``) filters the instances of ordinary images too, as
+        ``runtime segment --min-confidence`` does.
     workers : int, optional
         Number of actors (default: one per GPU, else ``cores // threads``).
     threads : int, optional
@@ -162,13 +164,14 @@ class CohortManifest:
 
 
 # -- the work done in a worker ---------------------------------------------------------------------------------
-def _segment_image(seg: Any, path: Path, out: Path) -> dict:
+def _segment_image(seg: Any, path: Path, out: Path, min_confidence: float | str | None = None) -> dict:
+    from segflow.runtime.confidence import filter_segmentation
     from segflow.runtime.outputs import write_segmentation
 
     from segflow.imageio import read_image
 
     img = read_image(path)
-    res = seg(img, name=f"image {path}")
+    res, _ = filter_segmentation(seg(img, name=f"image {path}"), min_confidence)
     files = write_segmentation(res, out, path.name.split(".")[0], input_path=path, input_shape=img.shape,
                                input_dtype=str(img.dtype))
     return {"outputs": {k: str(v) for k, v in files.items()}, "n_instances": int(res.n_instances),
@@ -229,7 +232,7 @@ def process_unit(seg: Any, unit: dict, out_dir: str | Path, slide: dict | None =
         if is_slide(path):
             res = _segment_slide(seg, path, out, dict(slide or {}), unit, region_blocks)
         else:
-            res = _segment_image(seg, path, out)
+            res = _segment_image(seg, path, out, (slide or {}).get("min_confidence"))
     except SegflowError as exc:
         return {"state": "failed", "reason": str(exc), "wall_s": time.perf_counter() - t0}
     except Exception as exc:  # noqa: BLE001 - one slide's unexpected error must not stop the cohort

@@ -44,6 +44,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--stride", type=int, default=None, help="tile stride in pixels (default: 3/4 of the tile)")
     p.add_argument("--seed", type=int, default=0, help="noise seed (default 0)")
     p.add_argument("--instances", default=None, help="instance method (hemd, watershed, threshold)")
+    p.add_argument("--min-confidence", default=None, metavar="FLOAT|adaptive",
+                   help="drop instances whose K-sample confidence is below FLOAT, or below the per-image (per-slide) "
+                        "adaptive threshold min(mean + std, 0.9); as in `runtime segment` (default: keep all)")
     p.add_argument("--level", type=int, default=None, help="slides: pyramid level to process")
     p.add_argument("--mpp", type=float, default=None, help="slides: target microns per pixel")
     p.add_argument("--no-tissue", action="store_true", help="slides: do not skip empty glass")
@@ -59,17 +62,23 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     """Run the cohort; exit 0 when every slide is done, 1 when some failed, 2 on a usage error."""
     from segflow.runtime.cohort import CohortOptions, read_inputs, run_cohort, summary_json
+    from segflow.runtime.confidence import parse_min_confidence
 
     from segflow.imageio import write_json
     from segflow.progress import Progress
 
     if not args.inputs and args.manifest is None:
         raise InputError("no slides given: pass slide paths or folders, or --manifest cohort.csv.")
+    try:
+        min_conf = parse_min_confidence(args.min_confidence)
+    except ValueError as exc:
+        raise InputError(f"{exc}: pass e.g. --min-confidence 0.5 or --min-confidence adaptive.") from None
     items = read_inputs(args.inputs, args.manifest)
     seg = {k: v for k, v in {"samples": args.samples, "steps": args.steps, "method": args.method,
                              "stride": args.stride, "seed": args.seed, "instances": args.instances}.items()
            if v is not None}
-    slide = {k: v for k, v in {"level": args.level, "mpp": args.mpp, "block": args.block}.items() if v is not None}
+    slide = {k: v for k, v in {"level": args.level, "mpp": args.mpp, "block": args.block,
+                               "min_confidence": min_conf}.items() if v is not None}
     if args.no_tissue:
         slide["tissue"] = False
     opts = CohortOptions(segmenter=seg, slide=slide, workers=args.workers, threads=args.threads,

@@ -225,3 +225,31 @@ def test_batch_cli_errors_without_inputs(tmp_path, capsys):
     assert main(["batch", "--engine", "x.onnx", "--out", str(tmp_path)]) == 2
     assert "no slides given" in capsys.readouterr().err
     assert batch_cmd.HELP
+
+
+def test_min_confidence_filters_images_as_runtime_segment_does(tmp_path, models_dir, capsys):
+    """`runtime batch --min-confidence` reaches the workers: an image unit keeps exactly the instances that
+    `runtime segment --min-confidence adaptive` keeps (negx: noise blobs whose K-sample scores spread)."""
+    from segflow.runtime.cli import main
+    from segflow.runtime.cohort import process_unit
+    from segflow.runtime.session import Segmenter
+
+    path = tmp_path / "flat.tif"
+    tifffile.imwrite(path, np.full((72, 80), 128, np.uint8))
+    assert main(["segment", "--engine", str(models_dir / "negx.onnx"), str(path), "--out", str(tmp_path / "ref"),
+                 "-k", "4", "-n", "2", "--min-confidence", "adaptive", "--threads", "1", "-q"]) == 0
+    ref = tifffile.imread(tmp_path / "ref" / "flat_labels.tif")
+    with Segmenter(models_dir / "negx.onnx", samples=4, steps=2, threads=1) as seg:
+        all_ = process_unit(seg, {"id": "flat", "path": str(path)}, tmp_path / "all")
+        cut = process_unit(seg, {"id": "flat", "path": str(path)}, tmp_path / "cut",
+                           slide={"min_confidence": "adaptive"})
+    assert all_["state"] == cut["state"] == "done"
+    assert 0 < cut["n_instances"] < all_["n_instances"]  # the threshold dropped some, not all
+    np.testing.assert_array_equal(tifffile.imread(cut["outputs"]["labels"]), ref)
+    a, b = CohortOptions(slide={}), CohortOptions(slide={"min_confidence": 0.5})
+    assert a.run_key("card") != b.run_key("card")  # a new threshold is not skipped as done on a rerun
+
+    out = tmp_path / "bad"
+    assert main(["batch", "--engine", "x.onnx", str(path), "--out", str(out), "--min-confidence", "1.5"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "min-confidence must be in [0, 1]" in err and "\n" not in err and not out.exists()
