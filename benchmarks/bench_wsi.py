@@ -72,12 +72,13 @@ def write_slide(path: Path, size: int, m: np.ndarray, *, mpp: float = 0.5, tile:
             tw.write(_tiles(m, size, s, tile), shape=(n, n, 3), **opts, **extra)
 
 
-def tiny_engine(folder: Path) -> Path:
-    """A tile-64 RGB test engine (box-blurred channel mean as the SDF) when no trained model is given."""
+def tiny_engine(folder: Path, mpp: float) -> Path:
+    """A tile-64 RGB test engine (box-blurred channel mean as the SDF) whose card asks for the slide's own pixel
+    size ``mpp``, so it runs on level 0 like the default model (a mismatched card would run on a coarser level)."""
     sys.path.insert(0, str(ROOT / "tests" / "runtime"))
     from slide_helpers import make_engine
 
-    return make_engine(folder, tile=64, blur=5, pixel_size_um=0.5)
+    return make_engine(folder, tile=64, blur=5, pixel_size_um=mpp)
 
 
 def run(cmd: list[str]) -> dict:
@@ -110,9 +111,9 @@ def main(argv: list[str] | None = None) -> int:
     a = ap.parse_args(argv)
     work = Path(a.workdir or tempfile.mkdtemp(prefix="bench_wsi."))
     work.mkdir(parents=True, exist_ok=True)
-    engine = tiny_engine(work) if a.engine == "tiny" else Path(a.engine) if a.engine else default_engine()
+    engine = tiny_engine(work, a.mpp) if a.engine == "tiny" else Path(a.engine) if a.engine else default_engine()
     if engine is None:
-        engine = tiny_engine(work)
+        engine = tiny_engine(work, a.mpp)
     m = mosaic()
     t0 = time.perf_counter()
     slide = work / f"slide{a.size}.ome.tif"
@@ -141,6 +142,8 @@ def main(argv: list[str] | None = None) -> int:
         tiles = summary.get("tiles_run", summary.get("timings", {}).get("tiles"))
         rows.append({"config": label, "size": size, "wall_s": r["wall_s"], "peak_rss_mib": r["peak_rss_mib"],
                      "instances": n, "tiles_run": tiles,
+                     "timings": {k: round(v, 1) for k, v in summary.get("timings", {}).items()
+                                 if k in ("maps_s", "labels_s", "total_s")},
                      "mpx_per_s": round(size * size / 1e6 / r["wall_s"], 3)})
     ref_row, st_row = rows[0], rows[1]
     result = {"engine": str(engine), "samples": a.samples, "steps": a.steps, "block": a.block, "mpp": a.mpp,
