@@ -37,6 +37,7 @@ from segflow.sdf import mask_to_sdf
 __all__ = ["CoinConfig", "PseudoLabels", "CoinResult", "pseudo_labels", "score_views", "loss_weights",
            "expand", "predict", "predict_instances", "self_distill"]
 
+
 @dataclass(frozen=True)
 class PseudoLabels:
     """Per-image pseudo-labels: instances, which are kept, the loss weight, and the scores behind them."""
@@ -251,6 +252,3 @@ def self_distill(images: list[NDArray], cfg: CoinConfig | None = None, *, log=No
         if log is not None:
             log(stats)
     return CoinResult(ema.shadow, net, pseudo, seeds, refined, history)
-
-
-# -- command line ------------------------------------------------------------------------------------------
