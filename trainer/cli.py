@@ -117,19 +117,24 @@ COMMANDS = {
 }
 
 
+def _unavailable(name: str, reason: str):
+    """(add_arguments, run) of a command that cannot load here: any arguments, then one sentence, exit 2."""
+
+    def missing_args(p: argparse.ArgumentParser) -> None:
+        p.add_argument("rest", nargs=argparse.REMAINDER)
+
+    def missing_run(args: argparse.Namespace) -> int:
+        raise SegflowError(f"`trainer {name}` is unavailable here ({reason}): install segflow[train].")
+
+    return missing_args, missing_run
+
+
 def _coin_command():
     """``trainer coin``: its flags load without torch (segflow.trainer.coin_cli), the run imports
     segflow.trainer.coin; a stub that explains when torch is not installed."""
     mod = importlib.import_module("segflow.trainer.coin_cli")
     if importlib.util.find_spec("torch") is None:
-
-        def missing_args(p: argparse.ArgumentParser) -> None:
-            p.add_argument("rest", nargs=argparse.REMAINDER)
-
-        def missing_run(args: argparse.Namespace) -> int:
-            raise SegflowError("`trainer coin` is unavailable here (torch is not installed): install segflow[train].")
-
-        return mod.HELP, None, missing_args, missing_run
+        return mod.HELP, None, *_unavailable("coin", "torch is not installed")
     return mod.HELP, getattr(mod, "DESCRIPTION", None), mod.add_arguments, mod.run
 
 
@@ -138,15 +143,7 @@ def _export_command():
     try:
         mod = importlib.import_module("segflow.export.cli")
     except ImportError as exc:
-        reason = str(exc)
-
-        def missing_args(p: argparse.ArgumentParser) -> None:
-            p.add_argument("rest", nargs=argparse.REMAINDER)
-
-        def missing_run(args: argparse.Namespace) -> int:
-            raise SegflowError(f"`trainer export` is unavailable here ({reason}): install segflow[train].")
-
-        return None, missing_args, missing_run
+        return None, *_unavailable("export", str(exc))
     return getattr(mod, "DESCRIPTION", None), mod.add_arguments, mod.run
 
 
