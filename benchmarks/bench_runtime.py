@@ -154,15 +154,17 @@ def _timed(backend, log: list) -> None:
     backend.infer = infer
 
 
-def runtime_run(engine: Path, image: np.ndarray, *, samples: int, steps: int, stride: int | None, threads: int):
+def runtime_run(engine: Path, image: np.ndarray, *, samples: int, steps: int, stride: int | None, threads: int,
+                tile_workers: int | None = None):
     """One warm-up and one timed Segmenter call.
 
-    Returns (Segmentation, wall seconds, stride, batch, steady-CPU estimate of encoder + field seconds).
+    Returns (Segmentation, wall seconds, stride, batch, steady-CPU estimate of the sampling wall seconds). The
+    estimate divides the calls' steady time by the tile workers, which run their calls side by side.
     """
     from segflow.runtime.session import Segmenter
 
     with Segmenter(engine, samples=samples, steps=steps, method="euler", stride=stride, threads=threads,
-                   backend="cpu") as seg:
+                   tile_workers=tile_workers, backend="cpu") as seg:
         seg(image[:seg.card.tile, :seg.card.tile])  # warm-up, discarded
         enc, fld = [], []
         _timed(seg._encoder, enc)
@@ -170,7 +172,8 @@ def runtime_run(engine: Path, image: np.ndarray, *, samples: int, steps: int, st
         t0 = time.perf_counter()
         res = seg(image)
         wall = time.perf_counter() - t0
-        return res, wall, seg.stride, seg.settings.batch, steady_estimate(enc) + steady_estimate(fld)
+        steady = (steady_estimate(enc) + steady_estimate(fld)) / seg.tile_workers
+        return res, wall, seg.stride, seg.settings.batch, steady
 
 
 def machine_probe(seconds: float = 3.0) -> dict:
@@ -217,6 +220,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--size", type=int, default=512, help="image side for the runtime/reference comparison")
     ap.add_argument("--ref-tiles", type=int, default=6, help="tiles timed for the (slow) reference")
     ap.add_argument("--threads", type=int, default=None)
+    ap.add_argument("--repeats", type=int, default=2, help="1000 px runs per configuration, alternated (default 2)")
     ap.add_argument("--quick", action="store_true", help="smoke run: 256 px image, 2 reference tiles, no 1000 px")
     args = ap.parse_args(argv)
 
@@ -241,7 +245,7 @@ def main(argv: list[str] | None = None) -> int:
         res, wall, stride, batch, rt_steady = runtime_run(engine, crop, samples=args.samples, steps=args.steps,
                                                           stride=None, threads=threads)
         plan = plan_tiles(crop.shape, card.tile, stride)
-        rt_tile = (res.timings["encoder_s"] + res.timings["field_s"]) / len(plan)
+        rt_tile = res.timings["sampling_s"] / len(plan)
         model = build_reference(card, args.checkpoint)
         rt_steady_tile = rt_steady / len(plan)
         ref_tile, ref_steady_tile = reference_tiles(model, crop, card, plan[:ref_tiles], samples=args.samples,
@@ -262,12 +266,21 @@ def main(argv: list[str] | None = None) -> int:
         default = {}
         if shipped and not args.quick:
             big = image[:1000, :1000]
-            res1, wall1, _, _, steady1 = runtime_run(engine, big, samples=1, steps=4, stride=None, threads=threads)
-            default = {"image": "1000x1000", "samples": 1, "nfe": res1.nfe, "in_process_s": wall1,
-                       "cli_wall_s": cli_wall(engine, big, tmp, samples=1, steps=4), "target_s": 30.0,
-                       "instances": res1.n_instances, "timings": res1.timings,
-                       "steady_model_s": steady1,
-                       "steady_total_s": wall1 - res1.timings["encoder_s"] - res1.timings["field_s"] + steady1}
+            runs: dict[str, list] = {"default": [], "one_worker": []}
+            for _ in range(args.repeats):  # alternated, so both see the same machine
+                for key, workers in (("default", None), ("one_worker", 1)):
+                    r, w, _, _, st = runtime_run(engine, big, samples=1, steps=4, stride=None, threads=threads,
+                                                 tile_workers=workers)
+                    runs[key].append({"wall_s": w, "steady_total_s": w - r.timings["sampling_s"] + st,
+                                      "tile_workers": r.backend["tile_workers"], "threads_per_call":
+                                      r.backend["threads"], "instances": r.n_instances, "timings": r.timings})
+            walls = {k: [x["wall_s"] for x in v] for k, v in runs.items()}
+            default = {"image": "1000x1000", "samples": 1, "nfe": r.nfe, "target_s": 30.0,
+                       "in_process_s": float(np.median(walls["default"])), "in_process_min_s": min(walls["default"]),
+                       "one_worker_s": float(np.median(walls["one_worker"])),
+                       "workers_speedup": float(np.median(walls["one_worker"]) / np.median(walls["default"])),
+                       "steady_total_s": float(np.median([x["steady_total_s"] for x in runs["default"]])),
+                       "cli_wall_s": cli_wall(engine, big, tmp, samples=1, steps=4), "runs": runs}
     report = {"engine": str(engine) if shipped else "random lite (exported for the benchmark)",
               "card": {k: card.to_dict()[k] for k in ("kind", "preset", "tile", "in_channels", "feature_channels")},
               "machine": {"python": platform.python_version(), "processor": platform.processor(),
@@ -285,8 +298,13 @@ def main(argv: list[str] | None = None) -> int:
              f"| s per tile, steady-CPU estimate (median call x calls) | {rt_steady_tile:.3f} | "
              f"{ref_steady_tile:.3f} | {ref_steady_tile / rt_steady_tile:.1f}x |"]
     if default:
-        lines.append(f"| default model, 1000x1000, K=1, NFE={default['nfe']}: in-process / CLI wall (s) | "
-                     f"{default['in_process_s']:.1f} / {default['cli_wall_s']:.1f} | | target <= 30 |")
+        lines.append(f"| default model, 1000x1000, K=1, NFE={default['nfe']}: in-process (median of "
+                     f"{args.repeats}; best) / CLI wall (s) | {default['in_process_s']:.1f} "
+                     f"({default['in_process_min_s']:.1f}) / {default['cli_wall_s']:.1f} | | target <= 30 |")
+        d0 = default["runs"]["default"][0]
+        lines.append(f"| same with one tile worker of {threads} threads per call instead of {d0['tile_workers']} "
+                     f"workers x {d0['threads_per_call']} (s; ratio = gain of the workers) | "
+                     f"{default['one_worker_s']:.1f} | | {default['workers_speedup']:.2f}x |")
         lines.append(f"| default model, 1000x1000, K=1: in-process wall with model calls at the steady-CPU estimate "
                      f"(s) | {default['steady_total_s']:.1f} | | target <= 30 |")
     pb, pa = report["machine"]["probe_before"], report["machine"]["probe_after"]

@@ -169,6 +169,14 @@ class SamplerStats:
     sample_evals: int = 0
     extra: dict = field(default_factory=dict)
 
+    def merge(self, other: SamplerStats) -> None:
+        """Add ``other``'s times and counts (tile workers keep their own stats; the caller merges them)."""
+        self.encoder_s += other.encoder_s
+        self.field_s += other.field_s
+        self.encoder_tiles += other.encoder_tiles
+        self.field_calls += other.field_calls
+        self.sample_evals += other.sample_evals
+
 
 class FlowSDFSampler:
     """Draw K samples for batches of normalised tiles with an encoder and a field backend.

@@ -11,7 +11,9 @@ Example
 from __future__ import annotations
 
 import time
+from collections import deque
 from collections.abc import Callable, Iterable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -20,6 +22,7 @@ import numpy as np
 from numpy.typing import NDArray
 from segflow.runtime import instances as _instances
 from segflow.runtime.backends import open_backend
+from segflow.runtime.backends.onnxrt import available_providers, physical_cores
 from segflow.runtime.blend import BLENDS, Blender
 from segflow.runtime.sampling import BridgeSampler, FlowSDFSampler, SamplerStats, SamplingSettings, batch_from_budget
 from segflow.runtime.tiling import Tile, extract_tile, plan_tiles
@@ -63,9 +66,11 @@ class Segmentation:
     method, blend, instance_method : str
     stride : int
     timings : dict
-        Seconds per stage (normalise, encoder, field, blend, instances, confidence, total) and call counts.
+        Seconds per stage (normalise, sampling, encoder, field, blend, instances, confidence, total) and call
+        counts. ``sampling_s`` is the wall time of the encoder and field work; ``encoder_s`` and ``field_s`` add
+        up every tile worker's calls, so with several workers they exceed it.
     backend : dict
-        Backend description (name, providers, threads).
+        Backend description (name, providers, threads per call, tile workers).
     card : ModelCard
     instances : tuple of dict
         One row per instance: id, area, centroid, bbox, mean_sdf, mean_std and, when available, confidence.
@@ -137,7 +142,13 @@ class Segmenter:
     instances : {"hemd", "watershed", "threshold"}, optional
         Instance method (default: ``hemd`` when the solvers provide it, else ``watershed``).
     threads : int, optional
-        CPU threads of ONNX Runtime (default: physical cores).
+        CPU threads the Segmenter may use (default: physical cores).
+    tile_workers : int, optional
+        On a CPU execution provider, groups of tiles sampled at once, each call with ``threads // tile_workers``
+        ONNX Runtime threads (default: ``threads``, one thread per group: on a 64² model a one-thread call
+        wastes no time waiting for its partner thread, and a stalled core holds up one group, not all; see
+        ``benchmarks/results/bench_runtime.md``). ``1`` = one group at a time with every thread in each call.
+        GPU backends always run one group at a time.
     batch_size : int, optional
         Samples per field call (default: from ``memory_budget_mb``, see ``batch_from_budget``; on a CPU
         execution provider also at most ``CPU_CALL_PIXELS`` pixels per call).
@@ -155,8 +166,9 @@ class Segmenter:
     def __init__(self, engine: str | Path, *, backend: str = "auto", samples: int | None = None,
                  steps: int | None = None, method: str | None = None, stride: int | None = None, seed: int = 0,
                  noise_iterations: int = 0, renoise_t: float = 0.5, blend: str = "gaussian",
-                 instances: str | None = None, threads: int | None = None, batch_size: int | None = None,
-                 memory_budget_mb: float = 1024, guidance: float = 0.0, label: int = 0, ode: bool = False) -> None:
+                 instances: str | None = None, threads: int | None = None, tile_workers: int | None = None,
+                 batch_size: int | None = None, memory_budget_mb: float = 1024, guidance: float = 0.0,
+                 label: int = 0, ode: bool = False) -> None:
         self.paths = resolve_engine(engine)
         self.card = load_card(self.paths)
         if blend not in BLENDS:
@@ -181,7 +193,13 @@ class Segmenter:
                 seed=int(seed), batch=int(batch))
         except ValueError as exc:
             raise InputError(f"invalid sampling options for {self.paths.field}: {exc}.") from exc
-        self._field, self._encoder = self._open_backends(backend, threads)
+        for name, value in (("threads", threads), ("tile_workers", tile_workers)):
+            if value is not None and int(value) < 1:
+                raise InputError(f"{name} must be at least 1, got {value}.")
+        total = int(threads) if threads else physical_cores()
+        workers = (min(int(tile_workers), total) if tile_workers else total) if self._cpu_expected(backend) else 1
+        self._field, self._encoder = self._open_backends(backend, max(1, total // workers))
+        self.tile_workers = workers if self._on_cpu() else 1
         self._check_graphs()
         if batch_size is None and self._on_cpu():
             self.settings = replace(self.settings, batch=min(self.settings.batch, max(1, CPU_CALL_PIXELS // tile**2)))
@@ -221,6 +239,12 @@ class Segmenter:
             raise InputError(f"--batch-size {settings.batch} exceeds the largest batch engine {self.paths.field} "
                              f"was built for ({cap}): lower it or rebuild with a larger `runtime build --batch`.")
         return replace(settings, batch=cap)
+
+    def _cpu_expected(self, backend: str) -> bool:
+        """Whether the graphs will run on ONNX Runtime's CPU provider (decides the thread split before opening)."""
+        if self.paths.format == "plan" or backend in ("tensorrt", "cuda"):
+            return False
+        return backend == "cpu" or "CUDAExecutionProvider" not in available_providers()
 
     def _on_cpu(self) -> bool:
         providers = getattr(self._field, "providers", None)
@@ -265,8 +289,8 @@ class Segmenter:
 
     @property
     def backend_info(self) -> dict:
-        """Backend description for reports (name, providers, threads)."""
-        return self._field.describe()
+        """Backend description for reports (name, providers, threads per call, tile workers)."""
+        return {**self._field.describe(), "tile_workers": self.tile_workers}
 
     def close(self) -> None:
         """Release the backends (the Segmenter cannot be used afterwards)."""
@@ -308,18 +332,47 @@ class Segmenter:
         """
         stats_acc = sampler_stats if sampler_stats is not None else SamplerStats()
         group = self.sampler.tiles_per_group()
-        it = iter(tiles)
-        while True:
-            if cancel is not None and cancel():
-                raise Cancelled("segmentation was cancelled by the caller; nothing was kept.")
-            chunk = [pair for _, pair in zip(range(group), it, strict=False)]
-            if not chunk:
-                return
+
+        def run(chunk: list[tuple[Tile, NDArray]]) -> tuple[NDArray[np.float32], SamplerStats]:
+            local = SamplerStats()
             images = np.stack([np.moveaxis(apply_norm(win, stats), -1, 0) for _, win in chunk])
-            samples = self.sampler.sample(images, [t.index for t, _ in chunk], stats_acc, seed=seed)
+            return self.sampler.sample(images, [t.index for t, _ in chunk], local, seed=seed), local
+
+        def chunks() -> Iterator[list[tuple[Tile, NDArray]]]:
+            it = iter(tiles)
+            while True:
+                if cancel is not None and cancel():
+                    raise Cancelled("segmentation was cancelled by the caller; nothing was kept.")
+                chunk = [pair for _, pair in zip(range(group), it, strict=False)]
+                if not chunk:
+                    return
+                yield chunk
+
+        def finish(chunk: list[tuple[Tile, NDArray]], samples: NDArray[np.float32], local: SamplerStats):
+            stats_acc.merge(local)
             if progress is not None:
                 progress(len(chunk))
-            yield from zip((t for t, _ in chunk), samples, strict=True)
+            return zip((t for t, _ in chunk), samples, strict=True)
+
+        if self.tile_workers == 1:
+            for chunk in chunks():
+                yield from finish(chunk, *run(chunk))
+            return
+        # Several groups in flight, yielded in order; at most 2 x workers groups are held at once.
+        with ThreadPoolExecutor(self.tile_workers, thread_name_prefix="segflow-tiles") as pool:
+            pending: deque = deque()
+            try:
+                for chunk in chunks():
+                    pending.append((chunk, pool.submit(run, chunk)))
+                    while len(pending) >= 2 * self.tile_workers or (pending and pending[0][1].done()):
+                        done_chunk, fut = pending.popleft()
+                        yield from finish(done_chunk, *fut.result())
+                while pending:
+                    done_chunk, fut = pending.popleft()
+                    yield from finish(done_chunk, *fut.result())
+            finally:
+                for _, fut in pending:
+                    fut.cancel()
 
     def segment_slide(self, reader: Any, out_dir: str | Path, **options: Any) -> Any:
         """Segment a whole slide (a region reader) block by block in bounded memory, writing OME-TIFF pyramids,
@@ -346,18 +399,19 @@ class Segmenter:
             if progress is not None:
                 progress(done[0], len(plan))
 
-        t_blend = 0.0
+        t_blend, t_loop = 0.0, time.perf_counter()
         for tile, samples in self.predict_tiles(iter_tiles(img, plan), stats=stats, seed=seed, progress=tick,
                                                 cancel=cancel, sampler_stats=sstats):
             t0 = time.perf_counter()
             blender.add(tile, samples)
             t_blend += time.perf_counter() - t0
+        t_sampling = time.perf_counter() - t_loop - t_blend
         t0 = time.perf_counter()
         sample_sdfs = blender.result()
         t_blend += time.perf_counter() - t0
         result = self._finish(sample_sdfs, seed)
-        timings = {"normalise_s": t_norm, "encoder_s": sstats.encoder_s, "field_s": sstats.field_s,
-                   "blend_s": t_blend, **result.pop("timings"), "tiles": len(plan),
+        timings = {"normalise_s": t_norm, "sampling_s": t_sampling, "encoder_s": sstats.encoder_s,
+                   "field_s": sstats.field_s, "blend_s": t_blend, **result.pop("timings"), "tiles": len(plan),
                    "encoder_tiles": sstats.encoder_tiles, "field_calls": sstats.field_calls,
                    "sample_evaluations": sstats.sample_evals}
         timings["total_s"] = time.perf_counter() - t_start

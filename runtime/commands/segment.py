@@ -50,6 +50,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--backend", choices=("auto", "cpu", "cuda", "tensorrt"), default="auto",
                    help="auto: by engine type, CUDA when available (default)")
     p.add_argument("--threads", type=int, default=None, help="CPU threads (default: physical cores)")
+    p.add_argument("--tile-workers", type=int, default=None, metavar="N",
+                   help="CPU: groups of tiles sampled at once, each with threads/N threads (default: one per "
+                        "thread; 1 = one group at a time using every thread)")
     p.add_argument("--batch-size", type=int, default=None, help="samples per model call (default: from memory budget)")
     p.add_argument("--memory-budget", type=float, default=1024, metavar="MB",
                    help="memory for one batch, sets the batch size (default 1024)")
@@ -103,8 +106,8 @@ def run(args: argparse.Namespace) -> int:
     with Segmenter(args.engine, backend=args.backend, samples=args.samples, steps=args.steps,
                    method=args.method, stride=args.stride, seed=args.seed, noise_iterations=args.noise_iterations,
                    renoise_t=args.renoise_t, blend=args.blend, instances=args.instances, threads=args.threads,
-                   batch_size=args.batch_size, memory_budget_mb=args.memory_budget, guidance=args.guidance,
-                   label=args.label, ode=args.ode) as seg:
+                   tile_workers=args.tile_workers, batch_size=args.batch_size, memory_budget_mb=args.memory_budget,
+                   guidance=args.guidance, label=args.label, ode=args.ode) as seg:
         cache = _validate(paths, seg)
         wsi.check_slides(seg, slides, args)
         for i, p in enumerate(paths, start=1):

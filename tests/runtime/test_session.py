@@ -295,3 +295,57 @@ def _retiled(models_dir, folder, tile):
                 prop.value = json.dumps(card, sort_keys=True)
         onnx.save(model, folder / name)
     return folder / "dirac.onnx"
+
+
+def _tile_threads():
+    return [t for t in threading.enumerate() if t.name.startswith("segflow-tiles")]
+
+
+def test_tile_workers_give_the_same_result(models_dir):
+    """Groups of tiles sampled by two workers (one ORT thread each) give what one worker with two threads gives."""
+    img = _img((70, 90, 3))
+    runs = {}
+    for workers in (1, 2):
+        with Segmenter(models_dir / "blur.onnx", samples=2, steps=2, stride=11, threads=2, tile_workers=workers,
+                       batch_size=2, backend="cpu", instances="watershed") as seg:
+            assert seg.tile_workers == workers
+            assert seg.backend_info["threads"] == 2 // workers and seg.backend_info["tile_workers"] == workers
+            runs[workers] = seg(img)
+            x, stats = seg.prepare(img)
+            plan = plan_tiles(x.shape, seg.card.tile, seg.stride)
+            streamed = list(seg.predict_tiles(iter_tiles(x, plan), stats=stats))
+            assert [t.index for t, _ in streamed] == [t.index for t in plan]  # in plan order, whatever finished first
+            b = Blender(x.shape[:2], 2, mode=seg.blend)
+            for tile, samples in streamed:
+                b.add(tile, samples)
+            np.testing.assert_array_equal(b.result(), runs[workers].sample_sdfs)
+    one, two = runs[1], runs[2]
+    assert one.timings["tiles"] > 4 * 2  # more groups than the two workers hold in flight
+    np.testing.assert_allclose(two.sample_sdfs, one.sample_sdfs, rtol=0, atol=1e-6)
+    np.testing.assert_array_equal(two.labels, one.labels)
+    for key in ("encoder_tiles", "field_calls", "sample_evaluations"):
+        assert two.timings[key] == one.timings[key]
+    assert not _tile_threads()
+
+
+def test_tile_workers_pass_on_errors_and_cancel(models_dir, monkeypatch):
+    img = _img((60, 60))
+    with Segmenter(models_dir / "dirac.onnx", samples=2, steps=1, stride=11, threads=2, tile_workers=2,
+                   batch_size=2, backend="cpu", instances="threshold") as seg:
+        real, calls = seg.sampler.sample, []
+
+        def flaky(images, indices, stats=None, **kw):
+            calls.append(indices)
+            if len(calls) == 3:
+                raise RuntimeError("engine failed on group 3")
+            return real(images, indices, stats, **kw)
+
+        monkeypatch.setattr(seg.sampler, "sample", flaky)
+        with pytest.raises(RuntimeError, match="group 3"):
+            seg(img)
+        polls = []
+        with pytest.raises(Cancelled):
+            seg(img, cancel=lambda: polls.append(1) or len(polls) > 5)
+        assert not _tile_threads()
+    with pytest.raises(InputError, match="tile_workers must be at least 1"):
+        Segmenter(models_dir / "dirac.onnx", tile_workers=0)
