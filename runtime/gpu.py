@@ -158,6 +158,10 @@ class DeviceSegmenter(Segmenter):
             self.sampler = DeviceFlowSDFSampler(self._field, self._encoder, self.settings, xp=xp, noise=noise,
                                                 sigma_min=self.card.sigma_min)
 
+    def _cpu_expected(self, backend: str) -> bool:
+        """Never split the threads into tile workers: the device loop runs one group of tiles at a time."""
+        return False
+
     def _open_backends(self, backend: str, threads: int | None) -> tuple[Any, Any]:
         from segflow.runtime.backends.onnxrt import OrtBackend
 

@@ -79,10 +79,12 @@ def test_reduce_samples_hand_worked():
 @pytest.mark.parametrize("method", ["euler", "heun"])
 def test_device_segmenter_on_numpy_equals_segmenter(models_dir, method):
     image = (np.random.default_rng(1).random((37, 45)) * 255).astype(np.uint8)
-    kw = {"samples": 3, "steps": 2, "method": method, "stride": 10, "threads": 1, "batch_size": 4, "seed": 11}
+    kw = {"samples": 3, "steps": 2, "method": method, "stride": 10, "threads": 2, "batch_size": 4, "seed": 11}
     with Segmenter(models_dir / "blur.onnx", **kw) as seg:
+        assert seg.tile_workers == 2  # the host path splits its threads into tile workers
         want = seg(image)
     with DeviceSegmenter(models_dir / "blur.onnx", xp=np, **kw) as seg:
+        assert seg.tile_workers == 1 and seg.backend_info["threads"] == 2  # the device loop keeps them together
         got = seg(image)
     np.testing.assert_array_equal(got.sample_sdfs, want.sample_sdfs)
     for name in ("mean_sdf", "std", "prob", "mask", "labels"):
