@@ -195,7 +195,8 @@ class Segmenter:
             raise InputError(f"invalid sampling options for {self.paths.field}: {exc}.") from exc
         for name, value in (("threads", threads), ("tile_workers", tile_workers)):
             if value is not None and int(value) < 1:
-                raise InputError(f"{name} must be at least 1, got {value}.")
+                raise InputError(f"{name} must be at least 1, got {value}: pass --{name.replace('_', '-')} 1 or "
+                                 "more, or leave it out for the default.")
         total = int(threads) if threads else physical_cores()
         workers = (min(int(tile_workers), total) if tile_workers else total) if self._cpu_expected(backend) else 1
         self._field, self._encoder = self._open_backends(backend, max(1, total // workers))

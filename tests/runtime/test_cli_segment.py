@@ -52,11 +52,16 @@ def test_segment_folder(models_dir, inputs, tmp_path, capsys):
 
 
 def test_same_seed_same_files(models_dir, inputs, tmp_path, capsys):
-    for d in ("o1", "o2"):
+    for d, workers in (("o1", 1), ("o2", 2)):  # same files whether tiles are sampled one group at a time or not
         assert _run(capsys, "segment", "--engine", models_dir / "negx.onnx", inputs / "b.tif", "--out",
-                    tmp_path / d, "-k", 2, "--instances", "threshold", "-q")[0] == 0
+                    tmp_path / d, "-k", 2, "--instances", "threshold", "--stride", 5, "--threads", 2,
+                    "--tile-workers", workers, "-q")[0] == 0
+        assert json.loads((tmp_path / d / "b.json").read_text())["backend"]["tile_workers"] == workers
     first, second = (tifffile.imread(tmp_path / d / "b_sdf.tif") for d in ("o1", "o2"))
     np.testing.assert_array_equal(first, second)
+    code, _, err = _run(capsys, "segment", "--engine", models_dir / "negx.onnx", inputs / "b.tif", "--out",
+                        tmp_path / "o3", "--tile-workers", 0)
+    assert code == 2 and "tile_workers must be at least 1" in err and not (tmp_path / "o3").exists()
 
 
 def test_info(models_dir, capsys):
