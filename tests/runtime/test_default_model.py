@@ -2,7 +2,7 @@
 
 The example crop comes from a MoNuSeg training image that the model's training held out for validation (its
 name is in the model card), so these are held-out scores. Floors are set below what the committed model
-measured (Dice 0.748, AJI 0.360 with the card's sampling settings, see models/README.md) and well above what
+measured (Dice 0.759, AJI 0.401 with the card's sampling settings, see models/README.md) and well above what
 the hand-built intensity demo engine gets on the same crop (Dice 0.505, AJI 0.153), so a broken export, a
 normalisation change or a sampler regression fails here.
 """
@@ -42,5 +42,5 @@ def test_default_model_segments_the_held_out_example(tmp_path, capsys):
     summary = json.loads((tmp_path / "monuseg_val_crop.json").read_text())
     assert summary["instances"]["count"] == len(set(labels.ravel().tolist()) - {0})
     assert summary["sampling"]["samples"] == card.sampling["samples"] and summary["sampling"]["nfe"] == 4
-    assert dice(labels > 0, gt > 0) >= 0.70
-    assert aji(labels, gt) >= 0.30
+    assert dice(labels > 0, gt > 0) >= 0.72
+    assert aji(labels, gt) >= 0.35
