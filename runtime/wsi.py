@@ -47,7 +47,7 @@ from segflow.errors import InputError, require
 from segflow.imageio import write_json
 from segflow.normalize import as_channels, norm_stats
 
-__all__ = ["SlideOptions", "SlideSegmentation", "segment_slide", "parse_roi", "add_arguments", "wants_slide",
+__all__ = ["SlideOptions", "SlideSegmentation", "segment_slide", "parse_roi", "wants_slide",
            "run_slides", "OUTPUTS", "prepare_regions", "map_region", "finish_regions"]
 
 OUTPUTS = {"labels": "_labels.ome.tif", "mean_sdf": "_sdf.ome.tif", "std": "_std.ome.tif", "prob": "_prob.ome.tif",
@@ -530,22 +530,6 @@ class _null:
 
 
 # -- command line (``runtime segment`` routes slides here) -----------------------------------------------------
-def add_arguments(p: Any) -> None:
-    """Add the whole-slide flags to ``runtime segment``."""
-    import argparse
-
-    g = p.add_argument_group("whole slides (pyramidal/large TIFF, OME-TIFF, SVS, OpenSlide formats)")
-    g.add_argument("--roi", default=None, metavar="X,Y,W,H", help="region in full-resolution slide pixels")
-    g.add_argument("--level", type=int, default=None, help="pyramid level to segment (default: by pixel size)")
-    g.add_argument("--mpp", type=float, default=None,
-                   help="microns per pixel to segment at (default: the model card's pixel_size_um)")
-    g.add_argument("--tissue", action=argparse.BooleanOptionalAction, default=True,
-                   help="skip tiles outside a quick tissue mask (default on)")
-    g.add_argument("--geojson", action=argparse.BooleanOptionalAction, default=None,
-                   help="write QuPath GeoJSON (default on for slides; asking for it streams any image)")
-    g.add_argument("--block", type=int, default=2048, help="block side in pixels; memory grows with it (2048)")
-
-
 def wants_slide(args: Any, path: str | Path) -> bool:
     """True if ``path`` takes the streaming path: a slide, or any ROI/level/mpp/GeoJSON request."""
     from segflow.runtime.slide import is_slide

@@ -5,18 +5,13 @@ from __future__ import annotations
 import argparse
 import json
 
-from segflow.runtime.backends import open_backend
-from segflow.runtime.sampling import flowsdf_nfe
-
-from segflow.card import load_card, resolve_engine
-
 HELP = "print a model's card and the inputs/outputs of its field and encoder graphs"
 DESCRIPTION = """\
 Print what an engine is: its model card (kind, tile, channels, normalisation, SDF delta, threshold, training
 data, licence, provenance) and the inputs and outputs of both graphs (? = dynamic dimension).
 
 example:
-  runtime info --engine models/flowsdf-lite-monuseg.onnx
+  runtime info --engine models/flowsdf-tiny-monuseg.onnx
 """
 
 
@@ -27,6 +22,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def _graphs(engine) -> dict[str, dict]:
+    from segflow.runtime.backends import open_backend
+
     kind, opts = ("onnxrt", {"device": "cpu", "threads": 1}) if engine.format == "onnx" else ("tensorrt", {})
     out = {}
     for role, path in (("field", engine.field), ("encoder", engine.encoder)):
@@ -39,6 +36,10 @@ def _graphs(engine) -> dict[str, dict]:
 
 def run(args: argparse.Namespace) -> int:
     """Print the card and graph signatures; exit 2 with one sentence if the engine is unusable."""
+    from segflow.runtime.sampling import flowsdf_nfe
+
+    from segflow.card import load_card, resolve_engine
+
     engine = resolve_engine(args.engine)
     card = load_card(engine)
     graphs = _graphs(engine)

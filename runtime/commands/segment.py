@@ -6,13 +6,9 @@ import argparse
 import sys
 from pathlib import Path
 
-from segflow.runtime.blend import BLENDS
-from segflow.runtime.instances import METHODS
-from segflow.runtime.integrators import STEPS
+from segflow.runtime.choices import BACKENDS, BLENDS, INSTANCE_METHODS, INTEGRATORS
 
 from segflow.errors import InputError
-from segflow.imageio import list_images, read_image
-from segflow.progress import Progress
 
 HELP = "segment images with an exported model (mean SDF, spread, probability, mask, instance labels)"
 DESCRIPTION = """\
@@ -24,7 +20,7 @@ NAME_std.tif (spread over the K samples), NAME_prob.tif (fraction of samples ins
 timings, NFE, backend, model card, one row per instance). All inputs are checked before anything is written.
 
 example:
-  runtime segment --engine models/flowsdf-lite-monuseg.onnx examples/he_crop.png --out results/ --samples 4
+  runtime segment --engine models/flowsdf-tiny-monuseg.onnx examples/monuseg_val_crop.png --out results/ --samples 4
 """
 
 # Keep the cached validated images under this many bytes; beyond it, images are read again when segmented.
@@ -38,16 +34,16 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--out", required=True, type=Path, help="output folder (created if missing)")
     p.add_argument("--samples", "-k", type=int, default=None, help="K samples per tile (default: model card)")
     p.add_argument("--steps", "-n", type=int, default=None, help="integration steps (default: model card)")
-    p.add_argument("--method", choices=sorted(STEPS), default=None, help="integrator (default: model card)")
+    p.add_argument("--method", choices=INTEGRATORS, default=None, help="integrator (default: model card)")
     p.add_argument("--stride", type=int, default=None, help="tile stride in pixels (default: 3/4 of the tile)")
     p.add_argument("--seed", type=int, default=0, help="noise seed; the same seed gives the same result (default 0)")
     p.add_argument("--noise-iterations", type=int, default=0, metavar="T",
                    help="FlowSDF noise injection: re-noise and re-integrate T times (default 0)")
     p.add_argument("--renoise-t", type=float, default=0.5, help="time the estimate is re-noised to (default 0.5)")
-    p.add_argument("--instances", choices=METHODS, default=None,
+    p.add_argument("--instances", choices=INSTANCE_METHODS, default=None,
                    help="instance method (default: hemd when available, else watershed)")
-    p.add_argument("--blend", choices=sorted(BLENDS), default="gaussian", help="overlap blending (default gaussian)")
-    p.add_argument("--backend", choices=("auto", "cpu", "cuda", "tensorrt"), default="auto",
+    p.add_argument("--blend", choices=BLENDS, default="gaussian", help="overlap blending (default gaussian)")
+    p.add_argument("--backend", choices=BACKENDS, default="auto",
                    help="auto: by engine type, CUDA when available (default)")
     p.add_argument("--threads", type=int, default=None, help="CPU threads (default: physical cores)")
     p.add_argument("--tile-workers", type=int, default=None, metavar="N",
@@ -67,13 +63,22 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     bar = p.add_mutually_exclusive_group()
     bar.add_argument("--progress", dest="progress", action="store_true", default=None, help="always show progress")
     bar.add_argument("--quiet", "-q", dest="progress", action="store_false", help="no progress bar or summary lines")
-    from segflow.runtime import wsi  # whole-slide flags (--roi, --level, --mpp, --tissue, --geojson, --block)
-
-    wsi.add_arguments(p)
+    g = p.add_argument_group("whole slides (pyramidal/large TIFF, OME-TIFF, SVS, OpenSlide formats)")
+    g.add_argument("--roi", default=None, metavar="X,Y,W,H", help="region in full-resolution slide pixels")
+    g.add_argument("--level", type=int, default=None, help="pyramid level to segment (default: by pixel size)")
+    g.add_argument("--mpp", type=float, default=None,
+                   help="microns per pixel to segment at (default: the model card's pixel_size_um)")
+    g.add_argument("--tissue", action=argparse.BooleanOptionalAction, default=True,
+                   help="skip tiles outside a quick tissue mask (default on)")
+    g.add_argument("--geojson", action=argparse.BooleanOptionalAction, default=None,
+                   help="write QuPath GeoJSON (default on for slides; asking for it streams any image)")
+    g.add_argument("--block", type=int, default=2048, help="block side in pixels; memory grows with it (2048)")
 
 
 def _validate(paths: list[Path], segmenter) -> dict[Path, object]:
     """Read and check every input before anything is written; cache them while they fit CACHE_BYTES."""
+    from segflow.imageio import read_image
+
     stems: dict[str, Path] = {}
     cache, used = {}, 0
     for p in paths:
@@ -93,6 +98,9 @@ def run(args: argparse.Namespace) -> int:
     from segflow.runtime.confidence import filter_segmentation, parse_min_confidence
     from segflow.runtime.outputs import write_segmentation
     from segflow.runtime.session import Segmenter
+
+    from segflow.imageio import list_images, read_image
+    from segflow.progress import Progress
 
     try:
         parse_min_confidence(args.min_confidence)

@@ -6,6 +6,8 @@ import argparse
 import sys
 from pathlib import Path
 
+from segflow.runtime.choices import MAP_KINDS, SOLVE_METHODS
+
 HELP = "turn probability or SDF maps into instance label TIFFs (H-EMD, threshold, Otsu, watershed, MaxValue)"
 DESCRIPTION = """\
 Turn probability maps (or SDF maps, or 3-class maps) into instance labels, one label TIFF per input file.
@@ -22,14 +24,11 @@ examples:
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     """Flags of ``runtime solve``."""
-    from segflow.solvers.cli import KINDS
-    from segflow.solvers.instances import PROB_METHODS
-
     p.add_argument("inputs", nargs="+", help="map files or folders (TIFF/PNG; multi-page TIFF = sequence)")
     p.add_argument("--out", required=True, help="output folder for the label TIFFs")
-    p.add_argument("--kind", choices=KINDS, default="prob",
+    p.add_argument("--kind", choices=MAP_KINDS, default="prob",
                    help="prob in [0,1] (uint8/uint16 are rescaled), sdf (negative inside) or 3-class maps")
-    p.add_argument("--method", choices=PROB_METHODS, default="hemd")
+    p.add_argument("--method", choices=SOLVE_METHODS, default="hemd")
     p.add_argument("--sequence", action="store_true", help="treat a folder's maps (sorted) as one sequence")
     p.add_argument("--score", default="persistence", choices=("persistence", "roots"),
                    help="single-image forest selection (method hemd on single images)")

@@ -1,0 +1,67 @@
+"""``runtime --help`` and each subcommand's help: fast (no numpy, scipy, ONNX Runtime, PuLP or tifffile imported),
+choices that match the registries they name, and examples that name files the repository ships."""
+
+from __future__ import annotations
+
+import importlib
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from segflow.runtime import choices
+from segflow.runtime.cli import COMMANDS, DESCRIPTION, build_parser, main
+
+ROOT = Path(__file__).resolve().parents[2]
+HEAVY = ("numpy", "scipy", "onnxruntime", "pulp", "tifffile", "PIL", "cupy", "tensorrt", "ray", "zarr", "torch")
+
+
+def test_help_imports_nothing_heavy():
+    """Every ``runtime`` call builds the whole parser, so building it must not import the numeric stack."""
+    code = ("import sys\nfrom segflow.runtime.cli import main\n"
+            f"for argv in (['--help'], *[[c, '--help'] for c in {list(COMMANDS)!r}]):\n"
+            "    try:\n        main(argv)\n    except SystemExit as e:\n        assert e.code == 0, argv\n"
+            f"print(sorted(m for m in sys.modules if m.split('.')[0] in {HEAVY!r}))\n")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip().splitlines()[-1] == "[]"
+
+
+def test_choices_match_the_registries():
+    from segflow.runtime.blend import BLENDS
+    from segflow.runtime.instances import METHODS
+    from segflow.runtime.integrators import STEPS
+    from segflow.solvers.cli import KINDS
+    from segflow.solvers.instances import PROB_METHODS
+
+    assert choices.INTEGRATORS == tuple(sorted(STEPS))
+    assert choices.BLENDS == tuple(sorted(BLENDS))
+    assert choices.INSTANCE_METHODS == METHODS
+    assert choices.SOLVE_METHODS == PROB_METHODS
+    assert choices.MAP_KINDS == KINDS
+
+
+def test_parser_offers_the_choices():
+    actions = {a.dest: a for a in build_parser()._subparsers._group_actions[0].choices["segment"]._actions}
+    assert tuple(actions["method"].choices) == choices.INTEGRATORS
+    assert tuple(actions["blend"].choices) == choices.BLENDS
+    assert tuple(actions["instances"].choices) == choices.INSTANCE_METHODS
+    assert actions["block"].default == 2048 and actions["tissue"].default is True  # whole-slide group kept
+
+
+@pytest.mark.parametrize("command", [None, *COMMANDS])
+def test_help_examples_name_shipped_files(command):
+    """Copying an example from ``--help`` must not fail on a model or image that does not exist."""
+    text = DESCRIPTION if command is None else importlib.import_module(
+        f"segflow.runtime.commands.{COMMANDS[command]}").DESCRIPTION
+    for ref in re.findall(r"(?:models|examples)/[^\s,]+", text):
+        assert (ROOT / ref).is_file(), f"{command or 'runtime'} --help names {ref}, which is not shipped"
+
+
+def test_unknown_choice_is_refused_before_any_work(tmp_path, capsys):
+    with pytest.raises(SystemExit) as exc:
+        main(["segment", "--engine", "missing.onnx", "x.png", "--out", str(tmp_path / "o"), "--method", "rk5"])
+    assert exc.value.code == 2
+    assert "invalid choice: 'rk5'" in capsys.readouterr().err
+    assert not (tmp_path / "o").exists()
