@@ -16,9 +16,12 @@ Usage::
     python benchmarks/bench_runtime.py                       # default model in models/ if present, else random lite
     python benchmarks/bench_runtime.py --engine models/X.onnx --checkpoint models/X.pt
     python benchmarks/bench_runtime.py --quick               # small image, few reference tiles (smoke run)
+    python benchmarks/bench_runtime.py --random-lite         # the `lite` preset (random weights), per tile only
 
 Without ``--checkpoint`` the reference uses a randomly initialised network of the engine's preset with the
 same sizes (timings do not depend on the weights); without ``--engine`` a random `lite` model is exported.
+``--random-lite`` always does that and writes benchmarks/results/bench_runtime_lite.{json,md} (no 1000 px run,
+which is about the default model).
 """
 
 from __future__ import annotations
@@ -222,6 +225,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--threads", type=int, default=None)
     ap.add_argument("--repeats", type=int, default=2, help="1000 px runs per configuration, alternated (default 2)")
     ap.add_argument("--quick", action="store_true", help="smoke run: 256 px image, 2 reference tiles, no 1000 px")
+    ap.add_argument("--random-lite", action="store_true",
+                    help="compare on a random `lite` model (tile 128) instead of the default; writes *_lite.*")
     args = ap.parse_args(argv)
 
     from segflow.runtime.backends.onnxrt import physical_cores
@@ -233,7 +238,7 @@ def main(argv: list[str] | None = None) -> int:
     size, ref_tiles = (256, 2) if args.quick else (args.size, args.ref_tiles)
     with tempfile.TemporaryDirectory() as tmpd:
         tmp = Path(tmpd)
-        engine = args.engine or default_engine()
+        engine = None if args.random_lite else args.engine or default_engine()
         shipped = engine is not None
         card = load_card(resolve_engine(engine)) if shipped else None
         if not shipped:
@@ -289,7 +294,8 @@ def main(argv: list[str] | None = None) -> int:
                           "probe_before": probe_before, "probe_after": machine_probe()},
               "comparison": rows, "default_model_1000px": default, "target_speedup": 4.0}
     RESULTS.mkdir(parents=True, exist_ok=True)
-    (RESULTS / "bench_runtime.json").write_text(json.dumps(report, indent=2, default=float) + "\n")
+    stem = "bench_runtime_lite" if args.random_lite else "bench_runtime"
+    (RESULTS / f"{stem}.json").write_text(json.dumps(report, indent=2, default=float) + "\n")
     lines = ["| measure | runtime (ORT, encoder once) | reference (torch eager) | ratio |", "|---|---|---|---|",
              f"| s per tile ({card.tile}², K={args.samples}, NFE={res.nfe}) | {rt_tile:.3f} | {ref_tile:.3f} | "
              f"{ref_tile / rt_tile:.1f}x |",
@@ -315,7 +321,7 @@ def main(argv: list[str] | None = None) -> int:
                  f"{pa['median_ms']:.2f} ms, max {pb['max_ms']:.0f} / {pa['max_ms']:.0f} ms, mean/median "
                  f"{pb['mean_over_median']:.1f} / {pa['mean_over_median']:.1f}; field batch {batch} samples per call.")
     table = "\n".join(lines)
-    (RESULTS / "bench_runtime.md").write_text(f"engine: {report['engine']}\n\n{table}\n")
+    (RESULTS / f"{stem}.md").write_text(f"engine: {report['engine']}\n\n{table}\n")
     print(table)
     return 0
 
