@@ -88,15 +88,23 @@ def write_labels(path: Path, labels: NDArray) -> None:
     write_tiff(path, labels.astype(label_dtype(n)))
 
 
-def read_labels(inputs: str | Path) -> list[tuple[str, NDArray]]:
-    """Label images under a file or folder as ``(name, 2-D array)``; pages of a stack become ``name#t``."""
+def read_labels(inputs: str | Path, *, suffix: str | None = None) -> list[tuple[str, NDArray]]:
+    """Label images under a file or folder as ``(name, 2-D array)``; pages of a stack become ``name#t``.
+
+    With ``suffix`` (``"_labels"`` for ``runtime segment`` output), a folder holding files whose names end in it
+    is read for those files only, and the suffix is dropped from their names, so ``NAME_labels.tif`` pairs with a
+    ground truth ``NAME.tif`` and the maps beside it (``NAME_sdf.tif`` ...) are not mistaken for labels.
+    """
+    paths = list_images([inputs])
+    tagged = [p for p in paths if suffix and p.stem.endswith(suffix)]
     out = []
-    for p in list_images([inputs]):
+    for p in tagged or paths:
+        name = p.stem[: -len(suffix)] if tagged else p.stem
         a = read_stack(p)
         if a.ndim == 2:
-            out.append((p.stem, a))
+            out.append((name, a))
         elif a.ndim == 3:
-            out.extend((f"{p.stem}#{t}", a[t]) for t in range(a.shape[0]))
+            out.extend((f"{name}#{t}", a[t]) for t in range(a.shape[0]))
         else:
             raise InputError(f"label image {p} has shape {a.shape}: expected (H, W) or (T, H, W).")
     return out

@@ -9,10 +9,13 @@ import math
 HELP = "compare predicted instance labels with ground truth (Dice, IoU, F1, AJI, AJI+, PQ, CTC SEG/DET)"
 DESCRIPTION = """\
 Compare predicted instance label images with ground truth. PRED and GT are label files, folders of them or
-multi-page TIFFs; files are paired by name (else in sorted order when the counts agree). Prints per-image
-means and pooled values; --json writes everything, per-image rows included ("-" prints JSON instead).
+multi-page TIFFs; files are paired by name (else in sorted order when the counts agree). A `runtime segment`
+output folder works as PRED as it is: its NAME_labels.tif files are read (the maps beside them are not) and
+pair with GT files named NAME. Prints per-image means and pooled values; --json writes everything, per-image
+rows included ("-" prints JSON instead).
 
 examples:
+  runtime evaluate --pred results/ --gt ground_truth/          # results/ from runtime segment
   runtime evaluate --pred labels/ --gt ground_truth/
   runtime evaluate --pred movie_labels.tif --gt movie_gt.tif --json metrics.json
 """
@@ -53,7 +56,7 @@ def run(args: argparse.Namespace) -> int:
 
     from segflow.imageio import write_json
 
-    pairs = pair_labels(read_labels(args.pred), read_labels(args.gt))
+    pairs = pair_labels(read_labels(args.pred, suffix="_labels"), read_labels(args.gt, suffix="_labels"))
     result = evaluate([p for _, p, _ in pairs], [g for _, _, g in pairs])
     result["names"] = [n for n, _, _ in pairs]
     result = _finite(result)
