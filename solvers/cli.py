@@ -92,14 +92,14 @@ def read_labels(inputs: str | Path, *, suffix: str | None = None) -> list[tuple[
     """Label images under a file or folder as ``(name, 2-D array)``; pages of a stack become ``name#t``.
 
     With ``suffix`` (``"_labels"`` for ``runtime segment`` output), a folder holding files whose names end in it
-    is read for those files only, and the suffix is dropped from their names, so ``NAME_labels.tif`` pairs with a
-    ground truth ``NAME.tif`` and the maps beside it (``NAME_sdf.tif`` ...) are not mistaken for labels.
+    is read for those files only, and the suffix is dropped from their names, so ``NAME_labels.tif`` (or a
+    slide's ``NAME_labels.ome.tif``) pairs with a ground truth ``NAME.tif`` and the maps beside it
+    (``NAME_sdf.tif`` ...) are not mistaken for labels.
     """
-    paths = list_images([inputs])
-    tagged = [p for p in paths if suffix and p.stem.endswith(suffix)]
+    paths = {p: p.stem.removesuffix(".ome") for p in list_images([inputs])}
+    tagged = {p: s.removesuffix(suffix) for p, s in paths.items() if suffix and s.endswith(suffix)}
     out = []
-    for p in tagged or paths:
-        name = p.stem[: -len(suffix)] if tagged else p.stem
+    for p, name in (tagged or paths).items():
         a = read_stack(p)
         if a.ndim == 2:
             out.append((name, a))

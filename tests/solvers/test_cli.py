@@ -49,15 +49,16 @@ def test_unpairable_inputs_exit_2(tmp_path, capsys):
 
 
 def test_evaluate_reads_a_segment_output_folder_as_it_is(tmp_path, capsys):
-    """``runtime segment`` writes NAME_labels.tif next to float maps; evaluate pairs the labels with GT NAME.tif
-    and leaves the maps alone (as labels they would score differently, or pair with nothing)."""
+    """``runtime segment`` writes NAME_labels.tif (slides: NAME_labels.ome.tif) next to float maps; evaluate pairs
+    the labels with GT NAME.tif and leaves the maps alone (as labels they would score differently, or pair with
+    nothing)."""
     out, gt = tmp_path / "results", tmp_path / "gt"
     out.mkdir()
     gt.mkdir()
     split = GT.copy()
     split[:, 2] = 3                                          # one of the two true cells split in two
     for name, labels in (("a", GT), ("b", split)):
-        tifffile.imwrite(out / f"{name}_labels.tif", labels)
+        tifffile.imwrite(out / (f"{name}_labels.ome.tif" if name == "b" else f"{name}_labels.tif"), labels)
         tifffile.imwrite(out / f"{name}_mask.tif", (labels > 0).astype(np.uint8))
         tifffile.imwrite(out / f"{name}_sdf.tif", np.where(labels > 0, -1.0, 1.0).astype(np.float32))
         tifffile.imwrite(gt / f"{name}.tif", GT)
@@ -69,5 +70,5 @@ def test_evaluate_reads_a_segment_output_folder_as_it_is(tmp_path, capsys):
     # b: cell 1 (4 px) is split 2 + 2; AJI pairs it with one half: I = 2 + 4, U = 4 + 4, plus the unmatched half
     assert rows["b"]["aji"] == (2 + 4) / (4 + 4 + 2)
     # a single labels file pairs with its ground truth by name as well
-    assert main(["evaluate", "--pred", str(out / "b_labels.tif"), "--gt", str(gt), "--json", "-"]) == 0
+    assert main(["evaluate", "--pred", str(out / "b_labels.ome.tif"), "--gt", str(gt), "--json", "-"]) == 0
     assert json.loads(capsys.readouterr().out)["names"] == ["b"]
