@@ -19,6 +19,7 @@ from segflow.trainer.nets import NetConfig, SegModel
 
 from segflow.card import ModelCard
 from segflow.errors import ModelCardError
+from segflow.imageio import default_file_mode
 
 __all__ = ["make_checkpoint", "load_checkpoint", "model_from_checkpoint"]
 
@@ -53,6 +54,7 @@ def make_checkpoint(model: SegModel, card: ModelCard, path: str | Path, **extra:
     os.close(fd)
     try:
         torch.save(ckpt, tmp)
+        os.chmod(tmp, default_file_mode())
         os.replace(tmp, path)
     finally:
         if os.path.exists(tmp):

@@ -33,6 +33,7 @@ from segflow.runtime.trtlib import PlanInfo, gpu_info, import_trt, library_name,
 from segflow import __version__
 from segflow.card import ModelCard, card_from_onnx, resolve_engine
 from segflow.errors import BackendError, InputError, ModelCardError
+from segflow.imageio import default_file_mode
 
 __all__ = ["parse_batch", "parse_bytes", "profile_shapes", "build_plan", "build_engine", "BuildResult",
            "DEFAULT_BATCH", "DEFAULT_WORKSPACE"]
@@ -113,7 +114,7 @@ def _atomic_write(path: Path, data: bytes) -> None:
     try:
         with os.fdopen(fd, "wb") as fh:
             fh.write(data)
-        os.chmod(tmp, 0o644)
+        os.chmod(tmp, default_file_mode())
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)

@@ -77,9 +77,29 @@ def list_images(inputs: list[str | Path]) -> list[Path]:
     return out
 
 
+def default_file_mode() -> int:
+    """Permission bits a plain ``open(path, "w")`` would give a new file: ``0o666`` less the process umask.
+
+    ``tempfile.mkstemp`` creates files as ``0o600``; atomic writers apply this before renaming so outputs are as
+    readable as any other file the user writes (a shared results folder stays readable by the group).
+    """
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("Umask:"):
+                return 0o666 & ~int(line.split()[1], 8)
+    except (OSError, ValueError, IndexError):
+        pass
+    mask = os.umask(0o022)  # no /proc (macOS, Windows): read the umask by setting it and putting it back
+    os.umask(mask)
+    return 0o666 & ~mask
+
+
 @contextmanager
 def atomic_path(path: str | Path) -> Iterator[Path]:
-    """Yield a temporary path beside ``path``; rename it onto ``path`` only if the block succeeds."""
+    """Yield a temporary path beside ``path``; rename it onto ``path`` only if the block succeeds.
+
+    The file gets the permissions a plain write would give it (:func:`default_file_mode`), not mkstemp's 0o600.
+    """
     p = Path(path)
     p.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{p.name}.", suffix=".part", dir=p.parent)
@@ -87,6 +107,7 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
     tmp_path = Path(tmp)
     try:
         yield tmp_path
+        os.chmod(tmp_path, default_file_mode())
         os.replace(tmp_path, p)
     finally:
         if tmp_path.exists():

@@ -3,13 +3,16 @@
 from __future__ import annotations
 
 import json
+import os
+import stat
+import sys
 
 import cv2
 import numpy as np
 import pytest
 
 from segflow.errors import InputError
-from segflow.imageio import atomic_path, label_dtype, list_images, read_image, write_json, write_tiff
+from segflow.imageio import atomic_path, default_file_mode, label_dtype, list_images, read_image, write_json, write_tiff
 
 
 def test_png_rgb_order_and_gray(tmp_path):
@@ -64,3 +67,25 @@ def test_atomic_write_leaves_nothing_on_failure(tmp_path):
     write_json(target, {"a": np.int64(3), "b": np.float32(0.5), "c": np.arange(2)})
     assert json.loads(target.read_text()) == {"a": 3, "b": 0.5, "c": [0, 1]}
     assert label_dtype(10) == np.uint16 and label_dtype(70000) == np.uint32
+
+
+@pytest.mark.skipif(sys.platform == "win32", reason="POSIX permission bits")
+@pytest.mark.parametrize("umask", [0o022, 0o077, 0o002])
+def test_atomic_writes_get_the_permissions_a_plain_write_gets(tmp_path, umask):
+    """mkstemp makes 0o600 files; outputs must follow the umask like any file the user writes (a results
+    folder shared with a group stays readable by it)."""
+    old = os.umask(umask)
+    try:
+        plain = tmp_path / "plain.txt"
+        plain.write_text("x")
+        assert default_file_mode() == 0o666 & ~umask
+        write_tiff(tmp_path / "a.tif", np.zeros((4, 4), np.uint16))
+        write_json(tmp_path / "a.json", {"a": 1})
+        with atomic_path(tmp_path / "b.bin") as tmp:
+            tmp.write_bytes(b"1")
+    finally:
+        os.umask(old)
+    want = stat.S_IMODE(plain.stat().st_mode)
+    assert want == 0o666 & ~umask
+    for name in ("a.tif", "a.json", "b.bin"):
+        assert stat.S_IMODE((tmp_path / name).stat().st_mode) == want, name
