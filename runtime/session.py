@@ -175,8 +175,13 @@ class Segmenter:
             raise InputError(f"blend {blend!r} is unknown: choose one of {sorted(BLENDS)}.")
         self.blend = blend
         self.instance_method = _instances.check_method(instances)
+        for name, value in (("samples", samples), ("steps", steps), ("stride", stride), ("batch_size", batch_size),
+                            ("threads", threads), ("tile_workers", tile_workers)):
+            if value is not None and int(value) < 1:  # 0 is an error, not "use the default"
+                raise InputError(f"{name} must be at least 1, got {value}: pass --{name.replace('_', '-')} 1 or "
+                                 "more, or leave it out for the default.")
         tile = self.card.tile
-        self.stride = int(stride or self.card.sampling.get("stride") or tile * 3 // 4)
+        self.stride = int(stride if stride is not None else self.card.sampling.get("stride") or tile * 3 // 4)
         if not 1 <= self.stride <= tile:
             raise InputError(f"stride {self.stride} must be between 1 and the model's tile size {tile}.")
         defaults = self.card.sampling
@@ -184,19 +189,16 @@ class Segmenter:
             raise InputError(f"--method {method} applies to FlowSDF engines; {self.paths.field} is an SSB engine, "
                              "which samples with the bridge's ancestral sampler (or --ode): drop --method.")
         method = method or defaults.get("method", "euler")
-        batch = batch_size or batch_from_budget(tile, self.card.feature_channels, method,
-                                                memory_budget_mb * 2**20)
+        batch = batch_size if batch_size is not None else batch_from_budget(
+            tile, self.card.feature_channels, method, memory_budget_mb * 2**20)
         try:
             self.settings = SamplingSettings(
-                samples=int(samples or defaults.get("samples", 4)), steps=int(steps or defaults.get("steps", 4)),
+                samples=int(samples if samples is not None else defaults.get("samples", 4)),
+                steps=int(steps if steps is not None else defaults.get("steps", 4)),
                 method=method, noise_iterations=int(noise_iterations), renoise_t=float(renoise_t),
                 seed=int(seed), batch=int(batch))
         except ValueError as exc:
             raise InputError(f"invalid sampling options for {self.paths.field}: {exc}.") from exc
-        for name, value in (("threads", threads), ("tile_workers", tile_workers)):
-            if value is not None and int(value) < 1:
-                raise InputError(f"{name} must be at least 1, got {value}: pass --{name.replace('_', '-')} 1 or "
-                                 "more, or leave it out for the default.")
         total = int(threads) if threads else physical_cores()
         workers = (min(int(tile_workers), total) if tile_workers else total) if self._cpu_expected(backend) else 1
         self._field, self._encoder = self._open_backends(backend, max(1, total // workers))

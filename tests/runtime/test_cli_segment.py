@@ -131,3 +131,12 @@ def test_bad_sampling_flags(models_dir, inputs, tmp_path, capsys):
     assert code == 2 and "stride" in err
     with pytest.raises(SystemExit):
         main(["segment", "--engine", str(models_dir / "negx.onnx"), str(inputs), "--out", "o", "--method", "x"])
+
+
+@pytest.mark.parametrize("flag", ["--samples", "--steps", "--stride", "--batch-size"])
+def test_zero_is_refused_not_read_as_the_default(models_dir, inputs, tmp_path, capsys, flag):
+    """``--samples 0`` used to run with the card's K = 4 (0 was read as "not given"); now it is one sentence."""
+    code, _, err = _run(capsys, "segment", "--engine", models_dir / "negx.onnx", inputs / "b.tif", "--out",
+                        tmp_path / "o", flag, 0)
+    name = flag[2:].replace("-", "_")
+    assert code == 2 and f"{name} must be at least 1, got 0" in err and not (tmp_path / "o").exists()

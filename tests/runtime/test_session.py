@@ -223,8 +223,10 @@ def test_wrong_kind_and_channels(models_dir, tmp_path):
 def test_sampling_option_errors(models_dir):
     with pytest.raises(InputError, match="stride"):
         Segmenter(models_dir / "negx.onnx", stride=17)
-    with pytest.raises(InputError, match="sampling"):
+    with pytest.raises(InputError, match="samples must be at least 1, got -1"):
         Segmenter(models_dir / "negx.onnx", samples=-1)
+    with pytest.raises(InputError, match="invalid sampling options"):  # checked by SamplingSettings itself
+        Segmenter(models_dir / "negx.onnx", noise_iterations=-1)
     with pytest.raises(InputError, match="blend"):
         Segmenter(models_dir / "negx.onnx", blend="max")
     with pytest.raises(InputError, match="instance method"):
