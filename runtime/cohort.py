@@ -82,6 +82,16 @@ class CohortOptions:
     address: str | None = None
     region_blocks: int = 16
 
+    def __post_init__(self) -> None:
+        """Refuse counts that cannot work before any folder, manifest or Ray cluster is touched."""
+        checks = [("workers", self.workers, 1), ("threads", self.threads, 1), ("max_retries", self.max_retries, 0),
+                  ("region_blocks", self.region_blocks, 0)]
+        checks += [(k, self.segmenter.get(k), 1) for k in ("samples", "steps", "stride")]
+        for name, value, low in checks:
+            if value is not None and int(value) < low:
+                raise InputError(f"{name} must be at least {low}, got {value}: pass --{name.replace('_', '-')} "
+                                 f"{low} or more, or leave it out for the default.")
+
     def run_key(self, card_digest: str) -> str:
         """Hash of what determines the outputs: the model card and the sampling/slide settings."""
         text = json.dumps({"card": card_digest, "seg": self.segmenter, "slide": self.slide}, sort_keys=True,

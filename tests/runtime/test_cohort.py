@@ -227,6 +227,21 @@ def test_batch_cli_errors_without_inputs(tmp_path, capsys):
     assert batch_cmd.HELP
 
 
+@pytest.mark.parametrize("flag", ["--workers", "--threads", "--samples", "--steps", "--stride", "--max-retries"])
+def test_batch_refuses_impossible_counts_before_touching_anything(tmp_path, models_dir, capsys, flag):
+    """`--workers 0` used to end in a ZeroDivisionError traceback after the output folder was made."""
+    from segflow.runtime.cli import main
+
+    img = tmp_path / "a.tif"
+    tifffile.imwrite(img, np.zeros((40, 40), np.uint8))
+    value = "-1" if flag == "--max-retries" else "0"
+    out = tmp_path / "out"
+    assert main(["batch", "--engine", str(models_dir / "negx.onnx"), str(img), "--out", str(out), flag, value]) == 2
+    name, low = flag[2:].replace("-", "_"), 0 if flag == "--max-retries" else 1
+    assert f"{name} must be at least {low}, got {value}" in capsys.readouterr().err
+    assert not out.exists()
+
+
 def test_min_confidence_filters_images_as_runtime_segment_does(tmp_path, models_dir, capsys):
     """`runtime batch --min-confidence` reaches the workers: an image unit keeps exactly the instances that
     `runtime segment --min-confidence adaptive` keeps (negx: noise blobs whose K-sample scores spread)."""
