@@ -44,10 +44,33 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--time-limit", type=float, default=10.0, help="seconds per ILP before the greedy fallback")
 
 
+# flag -> (test, what it asks for); checked before any map is read (NaN fails every test)
+RANGES = {
+    "tau": (lambda v: 0 <= v < 1, "in [0, 1)"),
+    "min_area": (lambda v: v >= 0, "of at least 0 pixels"),
+    "delta": (lambda v: v >= 0, "of at least 0"),
+    "iou_gate": (lambda v: 0 <= v <= 1, "in [0, 1]"),
+    "match_bonus": (lambda v: v >= 0, "of at least 0"),
+    "iterations": (lambda v: v >= 1, "of at least 1"),
+    "time_limit": (lambda v: v > 0, "above 0 seconds"),
+}
+
+
+def check_ranges(args: argparse.Namespace) -> None:
+    """One sentence naming the flag when a numeric option is outside its range."""
+    from segflow.errors import InputError
+
+    for name, (ok, want) in RANGES.items():
+        value = getattr(args, name)
+        if not ok(value):
+            raise InputError(f"--{name.replace('_', '-')} {value} is out of range: use a value {want}.")
+
+
 def run(args: argparse.Namespace) -> int:
     """Solve every input and write ``OUT/<name>.tif``; exit 2 with one sentence on unusable input."""
     from segflow.solvers.cli import load_maps, solve_stack, write_labels
 
+    check_ranges(args)
     maps = load_maps(args.inputs)
     sequence_folder = args.sequence and len(maps) > 1
     hemd_opts = {"tau": args.tau, "delta": args.delta, "iou_gate": args.iou_gate, "match_bonus": args.match_bonus,

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 
 import numpy as np
+import pytest
 import tifffile
 from segflow.runtime.cli import main
 
@@ -72,3 +73,18 @@ def test_evaluate_reads_a_segment_output_folder_as_it_is(tmp_path, capsys):
     # a single labels file pairs with its ground truth by name as well
     assert main(["evaluate", "--pred", str(out / "b_labels.ome.tif"), "--gt", str(gt), "--json", "-"]) == 0
     assert json.loads(capsys.readouterr().out)["names"] == ["b"]
+
+
+@pytest.mark.parametrize("flag,value,shown,want", [
+    ("--tau", "1", "1.0", "in [0, 1)"), ("--tau", "nan", "nan", "in [0, 1)"),
+    ("--min-area", "-5", "-5", "of at least 0 pixels"), ("--delta", "-1", "-1.0", "of at least 0"),
+    ("--iou-gate", "1.5", "1.5", "in [0, 1]"), ("--iterations", "0", "0", "of at least 1"),
+    ("--time-limit", "0", "0.0", "above 0 seconds"),
+])
+def test_solve_refuses_out_of_range_options_before_writing(tmp_path, capsys, flag, value, shown, want):
+    """--min-area -5 was a ValueError traceback; --tau 2 and --delta -1 ran and wrote labels."""
+    tifffile.imwrite(tmp_path / "a.tif", PROB.astype(np.float32))
+    assert main(["solve", str(tmp_path / "a.tif"), "--out", str(tmp_path / "lab"), flag, value]) == 2
+    err = capsys.readouterr().err
+    assert err.strip() == f"runtime solve: error: {flag} {shown} is out of range: use a value {want}."
+    assert not (tmp_path / "lab").exists()
