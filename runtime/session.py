@@ -184,6 +184,20 @@ class Segmenter:
         self.stride = int(stride if stride is not None else self.card.sampling.get("stride") or tile * 3 // 4)
         if not 1 <= self.stride <= tile:
             raise InputError(f"stride {self.stride} must be between 1 and the model's tile size {tile}.")
+        if not memory_budget_mb > 0:
+            raise InputError(f"memory_budget_mb must be positive, got {memory_budget_mb}: pass --memory-budget in MB "
+                             "(default 1024).")
+        if self.card.kind == "ssb":
+            n = int(self.card.bridge.get("n_labels", 0))
+            if not 0 <= int(label) <= n:
+                raise InputError(f"label {label} is not one of {self.paths.field}'s annotators: use --label 0 "
+                                 f"(unconditional) to {n}.")
+            if not guidance >= 0:
+                raise InputError(f"guidance {guidance} must be 0 or more: pass --guidance 0 (none) or a positive "
+                                 "weight.")
+        elif guidance or label or ode:
+            raise InputError(f"--guidance, --label and --ode apply to SSB engines; {self.paths.field} is a "
+                             f"{self.card.kind} engine: drop them.")
         defaults = self.card.sampling
         if self.card.kind == "ssb" and method:
             raise InputError(f"--method {method} applies to FlowSDF engines; {self.paths.field} is an SSB engine, "

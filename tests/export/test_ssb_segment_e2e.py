@@ -140,3 +140,17 @@ def test_flowsdf_method_is_refused_for_an_ssb_engine(engine, image, tmp_path, ca
     err = capsys.readouterr().err.strip()
     assert code == 2 and "--method heun applies to FlowSDF engines" in err and "\n" not in err
     assert not out.exists() or not any(out.iterdir())
+
+
+@pytest.mark.parametrize("flags,message", [
+    (["--label", "5"], "label 5 is not one of"),           # the card's n_labels is 4: labels 0..4
+    (["--label", "-1"], "label -1 is not one of"),
+    (["--guidance", "-1"], "guidance -1.0 must be 0 or more"),
+])
+def test_bad_label_or_guidance_is_one_sentence(engine, image, tmp_path, capsys, flags, message):
+    """An out-of-table label used to reach the ONNX Gather and fail there; now it is refused up front."""
+    out = tmp_path / "out"
+    code = runtime_main(["segment", "--engine", str(engine), str(image), "--out", str(out), "-q", *flags])
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and message in err and "\n" not in err
+    assert not out.exists()

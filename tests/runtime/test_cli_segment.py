@@ -140,3 +140,18 @@ def test_zero_is_refused_not_read_as_the_default(models_dir, inputs, tmp_path, c
                         tmp_path / "o", flag, 0)
     name = flag[2:].replace("-", "_")
     assert code == 2 and f"{name} must be at least 1, got 0" in err and not (tmp_path / "o").exists()
+
+
+@pytest.mark.parametrize("flags", [["--label", "1"], ["--guidance", "2"], ["--ode"]])
+def test_ssb_flags_on_a_flowsdf_engine_are_refused(models_dir, inputs, tmp_path, capsys, flags):
+    """They used to be ignored silently, so a user asking for annotator 1 got an unconditional FlowSDF result."""
+    code, _, err = _run(capsys, "segment", "--engine", models_dir / "negx.onnx", inputs / "b.tif", "--out",
+                        tmp_path / "o", *flags)
+    assert code == 2 and "--guidance, --label and --ode apply to SSB engines" in err
+    assert not (tmp_path / "o").exists()
+
+
+def test_memory_budget_must_be_positive(models_dir, inputs, tmp_path, capsys):
+    code, _, err = _run(capsys, "segment", "--engine", models_dir / "negx.onnx", inputs / "b.tif", "--out",
+                        tmp_path / "o", "--memory-budget", "0")
+    assert code == 2 and "memory_budget_mb must be positive, got 0.0" in err and not (tmp_path / "o").exists()
