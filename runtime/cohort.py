@@ -37,7 +37,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from segflow.errors import InputError, SegflowError
+from segflow.errors import InputError, SegflowError, check_at_least
 from segflow.imageio import IMAGE_SUFFIXES, write_json
 
 __all__ = ["CohortOptions", "CohortManifest", "CohortWorker", "CohortResult", "read_inputs", "run_cohort",
@@ -84,13 +84,9 @@ class CohortOptions:
 
     def __post_init__(self) -> None:
         """Refuse counts that cannot work before any folder, manifest or Ray cluster is touched."""
-        checks = [("workers", self.workers, 1), ("threads", self.threads, 1), ("max_retries", self.max_retries, 0),
-                  ("region_blocks", self.region_blocks, 0)]
-        checks += [(k, self.segmenter.get(k), 1) for k in ("samples", "steps", "stride")]
-        for name, value, low in checks:
-            if value is not None and int(value) < low:
-                raise InputError(f"{name} must be at least {low}, got {value}: pass --{name.replace('_', '-')} "
-                                 f"{low} or more, or leave it out for the default.")
+        check_at_least(("workers", self.workers, 1), ("threads", self.threads, 1),
+                       ("max_retries", self.max_retries, 0), ("region_blocks", self.region_blocks, 0),
+                       *((k, self.segmenter.get(k), 1) for k in ("samples", "steps", "stride")))
 
     def run_key(self, card_digest: str) -> str:
         """Hash of what determines the outputs: the model card and the sampling/slide settings."""

@@ -28,7 +28,7 @@ from segflow.runtime.sampling import BridgeSampler, FlowSDFSampler, SamplerStats
 from segflow.runtime.tiling import Tile, extract_tile, plan_tiles
 
 from segflow.card import ModelCard, load_card, resolve_engine
-from segflow.errors import InputError, ModelCardError, SegflowError
+from segflow.errors import InputError, ModelCardError, SegflowError, check_at_least
 from segflow.normalize import apply_norm, channels_and_stats, dtype_scale
 
 __all__ = ["Segmenter", "Segmentation", "Cancelled", "iter_tiles", "SAMPLERS"]
@@ -175,11 +175,8 @@ class Segmenter:
             raise InputError(f"blend {blend!r} is unknown: choose one of {sorted(BLENDS)}.")
         self.blend = blend
         self.instance_method = _instances.check_method(instances)
-        for name, value in (("samples", samples), ("steps", steps), ("stride", stride), ("batch_size", batch_size),
-                            ("threads", threads), ("tile_workers", tile_workers)):
-            if value is not None and int(value) < 1:  # 0 is an error, not "use the default"
-                raise InputError(f"{name} must be at least 1, got {value}: pass --{name.replace('_', '-')} 1 or "
-                                 "more, or leave it out for the default.")
+        check_at_least(("samples", samples, 1), ("steps", steps, 1), ("stride", stride, 1),
+                       ("batch_size", batch_size, 1), ("threads", threads, 1), ("tile_workers", tile_workers, 1))
         tile = self.card.tile
         self.stride = int(stride if stride is not None else self.card.sampling.get("stride") or tile * 3 // 4)
         if not 1 <= self.stride <= tile:

@@ -24,6 +24,18 @@ class BackendError(SegflowError):
     """An inference backend cannot be created or run (missing provider, GPU, library)."""
 
 
+def check_at_least(*checks: tuple[str, float | None, float]) -> None:
+    """Raise :class:`InputError` for the first ``(name, value, lowest)`` whose value is given and below lowest.
+
+    ``name`` is the keyword (``tile_workers``); the message names the matching flag (``--tile-workers``). ``None``
+    means "not given, use the default", so 0 is an error rather than a silent default.
+    """
+    for name, value, low in checks:
+        if value is not None and value < low:
+            raise InputError(f"{name} must be at least {low}, got {value}: pass --{name.replace('_', '-')} {low} or "
+                             "more, or leave it out for the default.")
+
+
 class SolverTimeout(SegflowError):
     """An integer program exceeded its time limit and no fallback was allowed."""
 
