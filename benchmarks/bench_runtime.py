@@ -18,8 +18,10 @@ Usage::
     python benchmarks/bench_runtime.py --quick               # small image, few reference tiles (smoke run)
     python benchmarks/bench_runtime.py --random-lite         # the `lite` preset (random weights), per tile only
 
-Without ``--checkpoint`` the reference uses a randomly initialised network of the engine's preset with the
-same sizes (timings do not depend on the weights); without ``--engine`` a random `lite` model is exported.
+Without ``--checkpoint`` the reference is a randomly initialised network of the engine's own architecture
+(timings do not depend on the weights): the card's recorded ``net``, its preset or a configs/*.toml ``[net]``
+table, whichever matches the graphs' weight names, shapes and count (the run stops if none does). Without
+``--engine`` a random `lite` model is exported.
 ``--random-lite`` always does that and writes benchmarks/results/bench_runtime_lite.{json,md} (no 1000 px run,
 which is about the default model).
 """
@@ -66,23 +68,71 @@ def test_image(size: int, channels: int) -> np.ndarray:
     return as_channels(img, channels)
 
 
-def build_reference(card, checkpoint: str | None):
-    """A PyTorch SegModel with the engine's architecture (weights from ``checkpoint`` if given)."""
+def graph_parameters(paths) -> tuple[dict[str, tuple[int, ...]], int]:
+    """Shapes of the engine's named weights (encoder names prefixed ``encoder.``) and its total weight count."""
+    import onnx
+
+    shapes, total = {}, 0
+    for path, prefix in ((paths.field, ""), (paths.encoder, "encoder.")):
+        for init in onnx.load(str(path), load_external_data=False).graph.initializer:
+            total += int(np.prod(init.dims))
+            if not init.name.startswith("onnx::"):  # exporter-renamed (folded GroupNorm affines): count only
+                shapes[prefix + init.name] = tuple(init.dims)
+    return shapes, total
+
+
+def reference_config(card, paths):
+    """The engine's network architecture, checked against its graphs.
+
+    Candidates, in order: the card's recorded ``extra["net"]`` (exports since 0.1 record it), the card's preset,
+    and the ``[net]`` tables of configs/*.toml. The first whose parameter names, shapes and total count match
+    the ONNX weights is returned, so the reference never times a different network than the runtime runs.
+    """
+    import tomllib
+
+    from segflow.trainer.nets import NetConfig, SegModel
+
+    candidates = []
+    if isinstance(card.extra.get("net"), dict):
+        candidates.append(("card extra.net", NetConfig.from_dict(card.extra["net"], source="card extra.net")))
+    if card.preset in ("lite", "paper"):
+        candidates.append((f"preset {card.preset}", NetConfig.from_name(
+            card.preset, in_channels=card.in_channels, base=card.feature_channels)))
+    for toml in sorted((ROOT / "configs").glob("*.toml")):
+        cfg = tomllib.loads(toml.read_text())
+        if "net" in cfg:
+            candidates.append((str(toml.relative_to(ROOT)), NetConfig.from_name(
+                cfg.get("preset", "lite"), in_channels=card.in_channels, **cfg["net"])))
+    shapes, total = graph_parameters(paths)
+    for source, cfg in candidates:
+        try:
+            sd = SegModel(cfg).state_dict()
+        except Exception:  # noqa: BLE001 - a candidate that cannot even be built does not match
+            continue
+        if (sum(v.numel() for v in sd.values()) == total and len(shapes) <= len(sd)
+                and all(k in sd and tuple(sd[k].shape) == v for k, v in shapes.items())):
+            return source, cfg
+    sys.exit(f"no known network architecture matches {paths.field} ({total} weights): pass --checkpoint with "
+             "the checkpoint it was exported from.")
+
+
+def build_reference(card, paths, checkpoint: str | None):
+    """A PyTorch SegModel with the engine's architecture (weights from ``checkpoint`` if given, else random:
+    timings do not depend on the weights). Returns (model, where the architecture came from)."""
     import torch
 
     if checkpoint:
         from segflow.export.checkpoint import model_from_checkpoint
 
         model = model_from_checkpoint(checkpoint)
-        model = model[0] if isinstance(model, tuple) else model
+        model, source = (model[0] if isinstance(model, tuple) else model), checkpoint
     else:
-        from segflow.trainer.nets import NetConfig, SegModel
+        from segflow.trainer.nets import SegModel
 
-        preset = card.preset if card.preset in ("lite", "paper") else "lite"
-        cfg = NetConfig.from_name(preset, in_channels=card.in_channels, base=card.feature_channels)
+        source, cfg = reference_config(card, paths)
         torch.manual_seed(0)
         model = SegModel(cfg)
-    return model.float().eval()
+    return model.float().eval(), source
 
 
 def export_random_lite(tmp: Path, tile: int) -> Path:
@@ -251,14 +301,14 @@ def main(argv: list[str] | None = None) -> int:
                                                           stride=None, threads=threads)
         plan = plan_tiles(crop.shape, card.tile, stride)
         rt_tile = res.timings["sampling_s"] / len(plan)
-        model = build_reference(card, args.checkpoint)
+        model, arch = build_reference(card, resolve_engine(engine), args.checkpoint)
         rt_steady_tile = rt_steady / len(plan)
         ref_tile, ref_steady_tile = reference_tiles(model, crop, card, plan[:ref_tiles], samples=args.samples,
                                                     steps=args.steps, threads=threads)
         mpx = size * size / 1e6
         rows = {
             "image": f"{size}x{size}", "tiles": len(plan), "tile": card.tile, "stride": stride,
-            "samples": args.samples, "nfe": res.nfe, "threads": threads, "batch": batch,
+            "samples": args.samples, "nfe": res.nfe, "threads": threads, "batch": batch, "reference_network": arch,
             "runtime_s_per_tile": rt_tile, "reference_s_per_tile": ref_tile, "speedup": ref_tile / rt_tile,
             "runtime_s_per_mpx_sampling": rt_tile * len(plan) / mpx,
             "reference_s_per_mpx_sampling": ref_tile * len(plan) / mpx,
@@ -321,7 +371,8 @@ def main(argv: list[str] | None = None) -> int:
                  f"{pa['median_ms']:.2f} ms, max {pb['max_ms']:.0f} / {pa['max_ms']:.0f} ms, mean/median "
                  f"{pb['mean_over_median']:.1f} / {pa['mean_over_median']:.1f}; field batch {batch} samples per call.")
     table = "\n".join(lines)
-    (RESULTS / f"{stem}.md").write_text(f"engine: {report['engine']}\n\n{table}\n")
+    (RESULTS / f"{stem}.md").write_text(f"engine: {report['engine']}; reference network: {arch} (checked against "
+                                        f"the graphs' weights)\n\n{table}\n")
     print(table)
     return 0
 

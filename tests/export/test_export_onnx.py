@@ -140,7 +140,7 @@ def test_card_round_trips_through_metadata_and_sidecar(lite, paper_small):
     card = card_from_onnx(engine.field)
     assert card == card_from_onnx(engine.encoder) == load_card(engine)
     assert card.version  # filled in at export
-    assert card.extra == {"checkpoint": "lite.pt", "weights": "ema"}
+    assert card.extra == {"checkpoint": "lite.pt", "weights": "ema", "net": lite["model"].cfg.to_dict()}
     assert card.replace(version="", extra={}) == lite["card"]
     ssb = card_from_onnx(paper_small["report"].field)
     assert ssb.kind == "ssb" and ssb.bridge == {"beta_max": 0.3, "n_timesteps": 100}
@@ -153,7 +153,8 @@ def test_dynamo_export_carries_the_card_in_both_graphs(dynamo_tiny):
     assert report.max_abs_error and max(report.max_abs_error.values()) <= 1e-4
     card = card_from_onnx(report.field)
     assert card == card_from_onnx(report.encoder) == ModelCard.from_json(report.card.read_text())
-    assert card.replace(version="") == dynamo_tiny["card"]
+    assert card.extra == {"net": dynamo_tiny["model"].cfg.to_dict()}  # the architecture is recorded
+    assert card.replace(version="", extra={}) == dynamo_tiny["card"]
 
 
 def test_unknown_exporter_is_refused_before_exporting(tmp_path):

@@ -1,0 +1,71 @@
+"""benchmarks/bench_runtime.py times its PyTorch reference on the engine's own architecture, not a look-alike.
+
+Until this check existed the reference for the shipped default (preset "custom") was the `lite` preset at the
+card's width: 587 521 weights against the engine's 319 793, which inflated the reported speed-up.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import pytest
+
+pytest.importorskip("torch")
+pytest.importorskip("onnx")
+
+from segflow.card import load_card, resolve_engine  # noqa: E402
+
+ROOT = Path(__file__).resolve().parents[2]
+DEFAULT = ROOT / "models" / "flowsdf-tiny-monuseg.onnx"
+
+
+@pytest.fixture(scope="module")
+def bench():
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    try:
+        import bench_runtime
+    finally:
+        sys.path.remove(str(ROOT / "benchmarks"))
+    return bench_runtime
+
+
+def _weights(model) -> int:
+    return sum(p.numel() for p in model.state_dict().values())
+
+
+def test_reference_for_default_model_is_its_own_architecture(bench):
+    paths = resolve_engine(DEFAULT)
+    card = load_card(paths)
+    shapes, total = bench.graph_parameters(paths)
+    source, cfg = bench.reference_config(card, paths)
+    assert source == "configs/flowsdf-tiny-monuseg.toml"
+    assert (cfg.base, cfg.channel_mults, cfg.attention_ds, cfg.encoder_nf) == (16, (1, 2, 2), (), 16)
+    model, arch = bench.build_reference(card, paths, None)
+    assert arch == source and _weights(model) == total == 319_793
+    assert all(tuple(model.state_dict()[k].shape) == v for k, v in shapes.items())
+
+
+def test_lookalike_preset_is_rejected(bench, tmp_path):
+    """The old reference (lite at base 16) has other weights; with no matching candidate the run stops."""
+    from segflow.trainer.nets import NetConfig, SegModel
+
+    paths = resolve_engine(DEFAULT)
+    _, total = bench.graph_parameters(paths)
+    assert _weights(SegModel(NetConfig.from_name("lite", base=16))) != total
+    card = load_card(paths)
+    bench_root = bench.ROOT
+    bench.ROOT = tmp_path  # no configs/ here: only the card's preset is left, and "custom" names none
+    try:
+        with pytest.raises(SystemExit, match="no known network architecture matches"):
+            bench.reference_config(card.replace(preset="lite"), paths)
+    finally:
+        bench.ROOT = bench_root
+
+
+def test_recorded_net_is_preferred(bench):
+    paths = resolve_engine(DEFAULT)
+    card = load_card(paths)
+    source, cfg = bench.reference_config(card, paths)
+    recorded = card.replace(extra={**card.extra, "net": cfg.to_dict()})
+    assert bench.reference_config(recorded, paths) == ("card extra.net", cfg)
