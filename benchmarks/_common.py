@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-DEFAULT_MODEL = ROOT / "models" / "flowsdf-tiny-monuseg.onnx"  # the README's main command runs this one
+DEFAULT_MODEL = ROOT / "models" / "flowsdf-small-monuseg.onnx"  # the README's main command runs this one
 
 
 def default_engine() -> Path | None:

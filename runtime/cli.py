@@ -29,8 +29,8 @@ DESCRIPTION = """\
 segflow runtime: run exported FlowSDF/SSB models on images and slides (numpy + onnxruntime; TensorRT/CuPy
 when present). Start with:
 
-  runtime segment --engine models/flowsdf-tiny-monuseg.onnx examples/monuseg_val_crop.png --out results/
-  runtime info --engine models/flowsdf-tiny-monuseg.onnx
+  runtime segment --engine models/flowsdf-small-monuseg.onnx examples/monuseg_val_crop.png --out results/
+  runtime info --engine models/flowsdf-small-monuseg.onnx
 """
 
 

@@ -3,7 +3,7 @@
 Example
 -------
 >>> from segflow.runtime.session import Segmenter            # doctest: +SKIP
->>> with Segmenter("models/flowsdf-tiny-monuseg.onnx", samples=4, steps=4) as seg:  # doctest: +SKIP
+>>> with Segmenter("models/flowsdf-small-monuseg.onnx", samples=4, steps=4) as seg:  # doctest: +SKIP
 ...     result = seg(image)                                   # (H, W[, C]) uint8/uint16/float array
 ...     result.labels, result.mean_sdf, result.std, result.prob
 """

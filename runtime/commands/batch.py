@@ -21,8 +21,8 @@ Without --address (or RAY_ADDRESS), a local Ray is started for the run and stopp
 Ray is optional: pip install "segflow[cluster]".
 
 examples:
-  runtime batch --engine models/flowsdf-tiny-monuseg.onnx slides/ --out cohort-out/
-  runtime batch --engine models/flowsdf-tiny-monuseg.onnx --manifest cohort.csv --out cohort-out/ --workers 2
+  runtime batch --engine models/flowsdf-small-monuseg.onnx slides/ --out cohort-out/
+  runtime batch --engine models/flowsdf-small-monuseg.onnx --manifest cohort.csv --out cohort-out/ --workers 2
   runtime batch --engine flowsdf.plan --manifest cohort.csv --out /shared/out --address head-node:6379
 """
 

@@ -15,7 +15,7 @@ NAME.encoder.onnx. Plans run only on the GPU model and TensorRT version that bui
 machine. The network is strongly typed; --precision fp16/bf16 first converts the ONNX (ModelOpt AutoCast when
 installed, else segflow's cast pass keeping norms, reductions and softmax in fp32).
 
-  runtime build --onnx models/flowsdf-tiny-monuseg.onnx --out flowsdf.plan --precision fp16 --batch 1:16:64 \\
+  runtime build --onnx models/flowsdf-small-monuseg.onnx --out flowsdf.plan --precision fp16 --batch 1:16:64 \\
                 --workspace 4G --timing-cache flowsdf.cache
   runtime segment --engine flowsdf.plan slide.tif --out results/
 """

@@ -11,7 +11,7 @@ Print what an engine is: its model card (kind, tile, channels, normalisation, SD
 data, licence, provenance) and the inputs and outputs of both graphs (? = dynamic dimension).
 
 example:
-  runtime info --engine models/flowsdf-tiny-monuseg.onnx
+  runtime info --engine models/flowsdf-small-monuseg.onnx
 """
 
 

@@ -20,7 +20,7 @@ NAME_std.tif (spread over the K samples), NAME_prob.tif (fraction of samples ins
 timings, NFE, backend, model card, one row per instance). All inputs are checked before anything is written.
 
 example:
-  runtime segment --engine models/flowsdf-tiny-monuseg.onnx examples/monuseg_val_crop.png --out results/ --samples 4
+  runtime segment --engine models/flowsdf-small-monuseg.onnx examples/monuseg_val_crop.png --out results/ --samples 4
 """
 
 # Keep the cached validated images under this many bytes; beyond it, images are read again when segmented.
