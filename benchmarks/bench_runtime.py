@@ -84,28 +84,30 @@ def graph_parameters(paths) -> tuple[dict[str, tuple[int, ...]], int]:
 def reference_config(card, paths):
     """The engine's network architecture, checked against its graphs.
 
-    Candidates, in order: the card's recorded ``extra["net"]`` (exports since 0.1 record it), the card's preset,
-    and the ``[net]`` tables of configs/*.toml. The first whose parameter names, shapes and total count match
-    the ONNX weights is returned, so the reference never times a different network than the runtime runs.
+    Candidates, in order: the card's recorded ``extra["net"]`` (written by every export since the architecture
+    was recorded), the card's preset, and the ``[net]`` tables of configs/*.toml. The first whose parameter
+    names, shapes and total count match the ONNX weights is returned, so the reference never times a different
+    network than the runtime runs.
     """
     import tomllib
 
     from segflow.trainer.nets import NetConfig, SegModel
 
-    candidates = []
+    candidates = []  # (where it came from, how to build its NetConfig)
     if isinstance(card.extra.get("net"), dict):
-        candidates.append(("card extra.net", NetConfig.from_dict(card.extra["net"], source="card extra.net")))
+        candidates.append(("card extra.net", lambda: NetConfig.from_dict(card.extra["net"], source="card")))
     if card.preset in ("lite", "paper"):
-        candidates.append((f"preset {card.preset}", NetConfig.from_name(
+        candidates.append((f"preset {card.preset}", lambda: NetConfig.from_name(
             card.preset, in_channels=card.in_channels, base=card.feature_channels)))
     for toml in sorted((ROOT / "configs").glob("*.toml")):
-        cfg = tomllib.loads(toml.read_text())
-        if "net" in cfg:
-            candidates.append((str(toml.relative_to(ROOT)), NetConfig.from_name(
-                cfg.get("preset", "lite"), in_channels=card.in_channels, **cfg["net"])))
+        table = tomllib.loads(toml.read_text())
+        if "net" in table:
+            candidates.append((str(toml.relative_to(ROOT)), lambda t=table: NetConfig.from_name(
+                t.get("preset", "lite"), in_channels=card.in_channels, **t["net"])))
     shapes, total = graph_parameters(paths)
-    for source, cfg in candidates:
+    for source, make in candidates:
         try:
+            cfg = make()
             sd = SegModel(cfg).state_dict()
         except Exception:  # noqa: BLE001 - a candidate that cannot even be built does not match
             continue

@@ -235,8 +235,8 @@ def export_model(
         raise InputError(f"exporter {exporter!r} for {out_path.name} is unknown: use one of {', '.join(EXPORTERS)}.")
     if not card.version:
         card = card.replace(version=segflow.__version__)
-    if "net" not in card.extra:  # the architecture, so a card alone can rebuild the network (benchmarks, audits)
-        card = card.replace(extra={**card.extra, "net": model.cfg.to_dict()})
+    # the exported network's architecture, so a card alone can rebuild it (benchmarks, audits)
+    card = card.replace(extra={**card.extra, "net": model.cfg.to_dict()})
     model = copy.deepcopy(model).float().cpu().eval()
     name = out_path.name[: -len(".onnx")]
     tmp = Path(tempfile.mkdtemp(prefix=f".{name}.export-", dir=out_path.parent))

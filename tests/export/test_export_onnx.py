@@ -157,6 +157,18 @@ def test_dynamo_export_carries_the_card_in_both_graphs(dynamo_tiny):
     assert card.replace(version="", extra={}) == dynamo_tiny["card"]
 
 
+def test_export_records_the_exported_network_over_a_stale_one(tmp_path):
+    """A card that arrives with another network's ``net`` (copied from an older model) gets the real one."""
+    cfg = NetConfig(base=8, channel_mults=(1, 2), attention_ds=(), groups=4, encoder_blocks=1, encoder_nf=8,
+                    encoder_growth=4)
+    stale = NetConfig.from_name("lite").to_dict()
+    card = _card(cfg, tile=16, extra={"net": stale, "note": "kept"})
+    report = sx.export_model(_model(cfg), card, tmp_path / "m.onnx", batch_sizes=(1,), exporter="torchscript")
+    written = card_from_onnx(report.field)
+    assert written.extra == {"net": cfg.to_dict(), "note": "kept"} and cfg.to_dict() != stale
+    assert NetConfig.from_dict(written.extra["net"]) == cfg
+
+
 def test_unknown_exporter_is_refused_before_exporting(tmp_path):
     cfg = NetConfig(base=8, channel_mults=(1, 2), attention_ds=(), groups=4, encoder_blocks=0, encoder_nf=8)
     with pytest.raises(InputError, match="exporter 'jit' for m.onnx is unknown: use one of dynamo, torchscript"):
