@@ -20,7 +20,7 @@ Usage::
 
 Without ``--checkpoint`` the reference is a randomly initialised network of the engine's own architecture
 (timings do not depend on the weights): the card's recorded ``net``, its preset or a configs/*.toml ``[net]``
-table, whichever matches the graphs' weight names, shapes and count (the run stops if none does). Without
+table, whichever matches the graphs' weight names and shapes (the run stops if none does). Without
 ``--engine`` a random `lite` model is exported.
 ``--random-lite`` always does that and writes benchmarks/results/bench_runtime_lite.{json,md} (no 1000 px run,
 which is about the default model).
@@ -69,14 +69,19 @@ def test_image(size: int, channels: int) -> np.ndarray:
 
 
 def graph_parameters(paths) -> tuple[dict[str, tuple[int, ...]], int]:
-    """Shapes of the engine's named weights (encoder names prefixed ``encoder.``) and its total weight count."""
+    """Shapes of the engine's weights that keep their PyTorch names (``field.down.0.0.…``; encoder names prefixed
+    ``encoder.``) and the total count of all its stored weights.
+
+    Exporters rename or fold some tensors (TorchScript: GroupNorm affines as ``onnx::Mul_N``; dynamo: constants as
+    ``val_N``); those count in the total only.
+    """
     import onnx
 
     shapes, total = {}, 0
     for path, prefix in ((paths.field, ""), (paths.encoder, "encoder.")):
         for init in onnx.load(str(path), load_external_data=False).graph.initializer:
             total += int(np.prod(init.dims))
-            if not init.name.startswith("onnx::"):  # exporter-renamed (folded GroupNorm affines): count only
+            if "." in init.name and not init.name.startswith("onnx::"):
                 shapes[prefix + init.name] = tuple(init.dims)
     return shapes, total
 
@@ -85,9 +90,10 @@ def reference_config(card, paths):
     """The engine's network architecture, checked against its graphs.
 
     Candidates, in order: the card's recorded ``extra["net"]`` (written by every export since the architecture
-    was recorded), the card's preset, and the ``[net]`` tables of configs/*.toml. The first whose parameter
-    names, shapes and total count match the ONNX weights is returned, so the reference never times a different
-    network than the runtime runs.
+    was recorded), the card's preset, and the ``[net]`` tables of configs/*.toml. The first that matches the
+    ONNX weights both ways is returned: every named graph weight is one of its parameters with the same shape,
+    and every one of its matrix and kernel weights (2-D or more, not zero-initialised) is in the graph with the
+    same shape. So the reference never times a different network than the runtime runs.
     """
     import tomllib
 
@@ -111,8 +117,11 @@ def reference_config(card, paths):
             sd = SegModel(cfg).state_dict()
         except Exception:  # noqa: BLE001 - a candidate that cannot even be built does not match
             continue
-        if (sum(v.numel() for v in sd.values()) == total and len(shapes) <= len(sd)
-                and all(k in sd and tuple(sd[k].shape) == v for k, v in shapes.items())):
+        # kernels of layers a fresh network starts at zero (zero_module) are left out: in an untrained engine
+        # the dynamo exporter folds them away
+        kernels = {k: tuple(v.shape) for k, v in sd.items() if v.dim() >= 2 and bool(v.any())}
+        if (all(k in sd and tuple(sd[k].shape) == v for k, v in shapes.items())
+                and all(shapes.get(k) == v for k, v in kernels.items())):
             return source, cfg
     sys.exit(f"no known network architecture matches {paths.field} ({total} weights): pass --checkpoint with "
              "the checkpoint it was exported from.")

@@ -76,3 +76,44 @@ def test_recorded_net_is_preferred(bench):
     assert "net" in card.extra  # exports record it
     source, cfg = bench.reference_config(card, paths)
     assert source == "card extra.net" and cfg.to_dict() == card.extra["net"]
+
+
+def test_a_subset_of_the_graph_is_not_a_match(bench, tmp_path):
+    """The default's config with one encoder block: each of its weights is in the graph with the right shape,
+    but the graph's second block is not among its parameters, so it is refused (the match goes both ways)."""
+    paths = resolve_engine(DEFAULT)
+    card = _unrecorded(load_card(paths))
+    (tmp_path / "configs").mkdir()
+    table = (ROOT / "configs" / "flowsdf-small-monuseg.toml").read_text()
+    (tmp_path / "configs" / "one-block.toml").write_text(table.replace("encoder_blocks = 2", "encoder_blocks = 1"))
+    bench_root = bench.ROOT
+    bench.ROOT = tmp_path
+    try:
+        with pytest.raises(SystemExit, match="no known network architecture matches"):
+            bench.reference_config(card, paths)
+        (tmp_path / "configs" / "two-blocks.toml").write_text(table)
+        assert bench.reference_config(card, paths)[0] == "configs/two-blocks.toml"
+    finally:
+        bench.ROOT = bench_root
+
+
+def test_dynamo_export_matches_its_recorded_net(bench, tmp_path):
+    """The dynamo exporter folds some weights into constants (``val_N``), so the total differs from PyTorch's;
+    the named weights still identify the network."""
+    import torch
+    from segflow.export.onnx import export_model
+    from segflow.trainer.nets import NetConfig, SegModel
+
+    from segflow.card import ModelCard
+
+    cfg = NetConfig(base=8, channel_mults=(1, 2), attention_ds=(2,), groups=4, encoder_blocks=1, encoder_nf=8,
+                    encoder_growth=4)
+    torch.manual_seed(0)
+    card = ModelCard(kind="flowsdf", tile=16, in_channels=3, feature_channels=cfg.base)
+    export_model(SegModel(cfg).eval(), card, tmp_path / "d.onnx", check=False)  # default exporter: dynamo
+    paths = resolve_engine(tmp_path / "d.onnx")
+    written = load_card(paths)
+    assert bench.reference_config(written, paths) == ("card extra.net", cfg)
+    other = NetConfig(**{**cfg.to_dict(), "channel_mults": (1, 2, 2)}).to_dict()
+    with pytest.raises(SystemExit, match="no known network architecture matches"):
+        bench.reference_config(written.replace(extra={"net": other}), paths)
