@@ -19,8 +19,8 @@ Usage::
     python benchmarks/bench_runtime.py --random-lite         # the `lite` preset (random weights), per tile only
 
 Without ``--checkpoint`` the reference is a randomly initialised network of the engine's own architecture
-(timings do not depend on the weights): the card's recorded ``net``, its preset or a configs/*.toml ``[net]``
-table, whichever matches the graphs' weight names and shapes (the run stops if none does). Without
+(timings do not depend on the weights): the card's recorded ``net``, its preset or a configs/*.toml training
+config's network, whichever matches the graphs' weight names and shapes (the run stops if none does). Without
 ``--engine`` a random `lite` model is exported.
 ``--random-lite`` always does that and writes benchmarks/results/bench_runtime_lite.{json,md} (no 1000 px run,
 which is about the default model).
@@ -29,6 +29,7 @@ which is about the default model).
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import os
 import platform
@@ -90,14 +91,17 @@ def reference_config(card, paths):
     """The engine's network architecture, checked against its graphs.
 
     Candidates, in order: the card's recorded ``extra["net"]`` (written by every export since the architecture
-    was recorded), the card's preset, and the ``[net]`` tables of configs/*.toml. The first that matches the
-    ONNX weights both ways is returned: every named graph weight is one of its parameters with the same shape,
-    and every one of its matrix and kernel weights (2-D or more, not zero-initialised) is in the graph with the
-    same shape. So the reference never times a different network than the runtime runs.
+    was recorded), the card's preset, and the networks of the training configs in configs/*.toml. The first
+    that matches the ONNX weights both ways is returned: every named graph weight is one of its parameters with
+    the same shape, and every one of its matrix and kernel weights (2-D or more, not zero-initialised) is in the
+    graph with the same shape. So the reference never times a different network than the runtime runs.
     """
-    import tomllib
-
+    from segflow.trainer.config import load_config
     from segflow.trainer.nets import NetConfig, SegModel
+
+    def from_config(toml: Path) -> NetConfig:  # the network `trainer train --config TOML` builds
+        cfg = load_config(toml)
+        return NetConfig.from_name(cfg.preset, **{**cfg.net, "in_channels": card.in_channels})
 
     candidates = []  # (where it came from, how to build its NetConfig)
     if isinstance(card.extra.get("net"), dict):
@@ -105,11 +109,8 @@ def reference_config(card, paths):
     if card.preset in ("lite", "paper"):
         candidates.append((f"preset {card.preset}", lambda: NetConfig.from_name(
             card.preset, in_channels=card.in_channels, base=card.feature_channels)))
-    for toml in sorted((ROOT / "configs").glob("*.toml")):
-        table = tomllib.loads(toml.read_text())
-        if "net" in table:
-            candidates.append((str(toml.relative_to(ROOT)), lambda t=table: NetConfig.from_name(
-                t.get("preset", "lite"), in_channels=card.in_channels, **t["net"])))
+    candidates += [(str(toml.relative_to(ROOT)), functools.partial(from_config, toml))
+                   for toml in sorted((ROOT / "configs").glob("*.toml"))]
     shapes, total = graph_parameters(paths)
     for source, make in candidates:
         try:
@@ -301,10 +302,10 @@ def main(argv: list[str] | None = None) -> int:
         tmp = Path(tmpd)
         engine = None if args.random_lite else args.engine or default_engine()
         shipped = engine is not None
-        card = load_card(resolve_engine(engine)) if shipped else None
         if not shipped:
             engine = export_random_lite(tmp, 128)
-            card = load_card(resolve_engine(engine))
+        paths = resolve_engine(engine)
+        card = load_card(paths)
         image = test_image(max(size, 1000), card.in_channels)
         crop = image[:size, :size]
         probe_before = machine_probe()
@@ -312,7 +313,7 @@ def main(argv: list[str] | None = None) -> int:
                                                           stride=None, threads=threads)
         plan = plan_tiles(crop.shape, card.tile, stride)
         rt_tile = res.timings["sampling_s"] / len(plan)
-        model, arch = build_reference(card, resolve_engine(engine), args.checkpoint)
+        model, arch = build_reference(card, paths, args.checkpoint)
         rt_steady_tile = rt_steady / len(plan)
         ref_tile, ref_steady_tile = reference_tiles(model, crop, card, plan[:ref_tiles], samples=args.samples,
                                                     steps=args.steps, threads=threads)
@@ -382,8 +383,8 @@ def main(argv: list[str] | None = None) -> int:
                  f"{pa['median_ms']:.2f} ms, max {pb['max_ms']:.0f} / {pa['max_ms']:.0f} ms, mean/median "
                  f"{pb['mean_over_median']:.1f} / {pa['mean_over_median']:.1f}; field batch {batch} samples per call.")
     table = "\n".join(lines)
-    (RESULTS / f"{stem}.md").write_text(f"engine: {report['engine']}; reference network: {arch} (checked against "
-                                        f"the graphs' weights)\n\n{table}\n")
+    checked = "" if args.checkpoint else " (checked against the graphs' weights)"
+    (RESULTS / f"{stem}.md").write_text(f"engine: {report['engine']}; reference network: {arch}{checked}\n\n{table}\n")
     print(table)
     return 0
 

@@ -53,7 +53,7 @@ def test_reference_for_default_model_is_its_own_architecture(bench):
     assert all(tuple(model.state_dict()[k].shape) == v for k, v in shapes.items())
 
 
-def test_lookalike_preset_is_rejected(bench, tmp_path):
+def test_lookalike_preset_is_rejected(bench, tmp_path, monkeypatch):
     """The old reference (lite at base 16) has other weights; with no matching candidate the run stops."""
     from segflow.trainer.nets import NetConfig, SegModel
 
@@ -61,13 +61,9 @@ def test_lookalike_preset_is_rejected(bench, tmp_path):
     _, total = bench.graph_parameters(paths)
     assert _weights(SegModel(NetConfig.from_name("lite", base=16))) != total
     card = _unrecorded(load_card(paths))
-    bench_root = bench.ROOT
-    bench.ROOT = tmp_path  # no configs/ here: only the card's preset is left, and "custom" names none
-    try:
-        with pytest.raises(SystemExit, match="no known network architecture matches"):
-            bench.reference_config(card.replace(preset="lite"), paths)
-    finally:
-        bench.ROOT = bench_root
+    monkeypatch.setattr(bench, "ROOT", tmp_path)  # no configs/ here: only the card's preset is left
+    with pytest.raises(SystemExit, match="no known network architecture matches"):
+        bench.reference_config(card.replace(preset="lite"), paths)
 
 
 def test_recorded_net_is_preferred(bench):
@@ -78,7 +74,7 @@ def test_recorded_net_is_preferred(bench):
     assert source == "card extra.net" and cfg.to_dict() == card.extra["net"]
 
 
-def test_a_subset_of_the_graph_is_not_a_match(bench, tmp_path):
+def test_a_subset_of_the_graph_is_not_a_match(bench, tmp_path, monkeypatch):
     """The default's config with one encoder block: each of its weights is in the graph with the right shape,
     but the graph's second block is not among its parameters, so it is refused (the match goes both ways)."""
     paths = resolve_engine(DEFAULT)
@@ -86,15 +82,11 @@ def test_a_subset_of_the_graph_is_not_a_match(bench, tmp_path):
     (tmp_path / "configs").mkdir()
     table = (ROOT / "configs" / "flowsdf-small-monuseg.toml").read_text()
     (tmp_path / "configs" / "one-block.toml").write_text(table.replace("encoder_blocks = 2", "encoder_blocks = 1"))
-    bench_root = bench.ROOT
-    bench.ROOT = tmp_path
-    try:
-        with pytest.raises(SystemExit, match="no known network architecture matches"):
-            bench.reference_config(card, paths)
-        (tmp_path / "configs" / "two-blocks.toml").write_text(table)
-        assert bench.reference_config(card, paths)[0] == "configs/two-blocks.toml"
-    finally:
-        bench.ROOT = bench_root
+    monkeypatch.setattr(bench, "ROOT", tmp_path)
+    with pytest.raises(SystemExit, match="no known network architecture matches"):
+        bench.reference_config(card, paths)
+    (tmp_path / "configs" / "two-blocks.toml").write_text(table)
+    assert bench.reference_config(card, paths)[0] == "configs/two-blocks.toml"
 
 
 def test_dynamo_export_matches_its_recorded_net(bench, tmp_path):
