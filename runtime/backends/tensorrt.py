@@ -179,8 +179,9 @@ class TensorRTBackend(Backend):
         key = tuple((n, tuple(a.shape)) for n, a in sorted(inputs.items()))
         if self.cuda_graph and key in self._graphs:
             graph, static = self._graphs[key]
-            for name, arr in inputs.items():
-                static["in"][name][...] = arr  # copy into the captured addresses (on self.stream)
+            with self.stream:  # copies into the captured addresses, ordered before the launch on this stream
+                for name, arr in inputs.items():
+                    static["in"][name][...] = arr
             graph.launch(self.stream)
             return static["out"]
         outs = self._bind(inputs)
