@@ -252,9 +252,9 @@ class CohortWorker:
 
     def __init__(self, engine: str, segmenter: dict, threads: int | None, out_dir: str, slide: dict,
                  region_blocks: int = 0) -> None:
-        from segflow.runtime.session import Segmenter
+        from segflow.runtime.gpu import open_segmenter
 
-        self.seg = Segmenter(engine, threads=threads, **segmenter)
+        self.seg = open_segmenter(engine, threads=threads, **segmenter)
         self.out_dir, self.slide, self.region_blocks = out_dir, slide, region_blocks
 
     def pid(self) -> int:

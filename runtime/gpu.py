@@ -10,7 +10,12 @@ batching); tiles are blended into device canvases, and the mean SDF, spread and 
 reduced on the device. Only the final maps come back to the host.
 
 Every function also runs with ``xp=numpy`` and CPU backends — the tests check it against the CPU sampler
-through exactly these code paths.
+through exactly these code paths, and with a numpy-backed CuPy stand-in that refuses implicit host
+conversion, behind the real backend classes (``tests/runtime/test_gpu_emulated.py``).
+
+:func:`open_segmenter` is what ``runtime segment`` and ``runtime batch`` use: a :class:`DeviceSegmenter` for
+TensorRT plans and for ``.onnx`` engines on ONNX Runtime's CUDA provider when CuPy and a GPU are present,
+otherwise the host :class:`~segflow.runtime.session.Segmenter`.
 """
 
 from __future__ import annotations
@@ -23,12 +28,15 @@ import numpy as np
 from numpy.typing import NDArray
 from segflow.runtime.blend import accumulate, blend_weights
 from segflow.runtime.sampling import FlowSDFSampler, SamplerStats, flowsdf_sample, tile_noise
-from segflow.runtime.session import Segmentation, Segmenter
+from segflow.runtime.session import Cancelled, Segmentation, Segmenter
 from segflow.runtime.tiling import extract_tile, plan_tiles
 
+from segflow.card import resolve_engine
+from segflow.errors import BackendError, InputError, require
 from segflow.normalize import apply_norm
 
-__all__ = ["DeviceField", "DeviceFlowSDFSampler", "DeviceSegmenter", "reduce_samples", "NOISE_MODES", "to_host"]
+__all__ = ["DeviceField", "DeviceFlowSDFSampler", "DeviceSegmenter", "reduce_samples", "NOISE_MODES", "to_host",
+           "open_segmenter"]
 
 NOISE_MODES = ("host", "device")
 
@@ -76,9 +84,8 @@ class DeviceFlowSDFSampler(FlowSDFSampler):
         super().__init__(field_backend, encoder_backend, settings, sigma_min=sigma_min)
         if noise not in NOISE_MODES:
             raise ValueError(f"noise must be one of {NOISE_MODES}, got {noise!r}")
-        if xp is None:
-            import cupy as xp
-        self.xp, self.noise = xp, noise
+        self.xp = xp if xp is not None else require("cupy", "segflow[gpu]", "device-resident sampling")
+        self.noise = noise
 
     def _noise(self, seed: int, indices: list[int], chunk: list[tuple[int, int]], size: int, it: int) -> Any:
         xp = self.xp
@@ -150,13 +157,25 @@ class DeviceSegmenter(Segmenter):
 
     def __init__(self, engine: str | Path, *, noise: str = "host", cuda_graph: bool = False, xp: Any = None,
                  **kwargs: Any) -> None:
-        if xp is None:
-            import cupy as xp
-        self.xp, self._cuda_graph = xp, cuda_graph
+        if noise not in NOISE_MODES:
+            raise InputError(f"noise {noise!r} is unknown: choose one of {', '.join(NOISE_MODES)}.")
+        self.xp = xp if xp is not None else require("cupy", "segflow[gpu]", "device-resident sampling")
+        self._cuda_graph, self.noise = cuda_graph, noise
         super().__init__(engine, **kwargs)
         if self.card.kind == "flowsdf":
-            self.sampler = DeviceFlowSDFSampler(self._field, self._encoder, self.settings, xp=xp, noise=noise,
+            self.sampler = DeviceFlowSDFSampler(self._field, self._encoder, self.settings, xp=self.xp, noise=noise,
                                                 sigma_min=self.card.sigma_min)
+
+    @property
+    def device_resident(self) -> bool:
+        """Whether sampling keeps its state on the device (FlowSDF engines; SSB engines use the host sampler)."""
+        return isinstance(self.sampler, DeviceFlowSDFSampler)
+
+    @property
+    def backend_info(self) -> dict:
+        """The Segmenter's backend description plus where sampling runs."""
+        return {**super().backend_info, "device_resident": self.device_resident, "array_module": self.xp.__name__,
+                "noise": self.noise if self.device_resident else "host"}
 
     def _cpu_expected(self, backend: str) -> bool:
         """Never split the threads into tile workers: the device loop runs one group of tiles at a time."""
@@ -200,6 +219,8 @@ class DeviceSegmenter(Segmenter):
         weights = xp.asarray(blend_weights(self.card.tile, self.blend))
         sstats, group = SamplerStats(), self.sampler.tiles_per_group()
         for lo in range(0, len(plan), group):
+            if cancel is not None and cancel():
+                raise Cancelled("segmentation was cancelled by the caller; nothing was kept.")
             chunk = plan[lo:lo + group]
             tiles = np.stack([np.moveaxis(apply_norm(extract_tile(img, t), stats), -1, 0) for t in chunk])
             samples = self.sampler.sample_device(tiles, [t.index for t in chunk], sstats, seed=seed)
@@ -217,3 +238,53 @@ class DeviceSegmenter(Segmenter):
                    "encoder_tiles": sstats.encoder_tiles, "field_calls": sstats.field_calls,
                    "sample_evaluations": sstats.sample_evals, "total_s": time.perf_counter() - t_start}
         return Segmentation(sample_sdfs=maps[0], timings=timings, **result)
+
+
+def _cupy_on_a_gpu() -> Any:
+    """CuPy when it is installed and sees a GPU, else None."""
+    try:
+        import cupy
+
+        return cupy if cupy.cuda.runtime.getDeviceCount() > 0 else None
+    except Exception:  # noqa: BLE001 - not installed, no driver, no device
+        return None
+
+
+def open_segmenter(engine: str | Path, *, backend: str = "auto", cuda_graph: bool = False, noise: str = "host",
+                   **kwargs: Any) -> Segmenter:
+    """The Segmenter for ``engine`` on ``backend``: device-resident where the engine runs on a GPU.
+
+    * ``.plan`` engines (or ``backend="tensorrt"``): :class:`DeviceSegmenter` on TensorRT (needs CuPy);
+    * ``.onnx`` engines with ``backend`` ``"cuda"`` or ``"auto"``, when this onnxruntime has the CUDA provider
+      and CuPy sees a GPU: :class:`DeviceSegmenter` on ONNX Runtime CUDA with I/O binding (``"auto"`` falls
+      back to the host Segmenter if the provider cannot start; ``"cuda"`` without CuPy runs the host sampler
+      on the CUDA provider);
+    * otherwise the host :class:`~segflow.runtime.session.Segmenter`.
+
+    ``cuda_graph`` (TensorRT plans only) captures each engine call signature into a CUDA graph; ``noise`` is
+    the :class:`DeviceFlowSDFSampler` noise mode. Other keyword arguments are the Segmenter's.
+    """
+    from segflow.runtime.backends.onnxrt import available_providers
+
+    paths = resolve_engine(engine)
+    if backend == "tensorrt" and paths.format != "plan":
+        raise InputError(f"--backend tensorrt needs a TensorRT plan but {paths.field} is not one: build it with "
+                         f"`runtime build --onnx {paths.field} --out {paths.field.stem}.plan`.")
+    if paths.format == "plan":
+        if backend in ("cpu", "cuda"):
+            raise InputError(f"{paths.field} is a TensorRT plan, which runs on the tensorrt backend only: drop "
+                             f"--backend {backend} or pass the .onnx model.")
+        xp = require("cupy", "segflow[gpu]", "running TensorRT plans")
+        return DeviceSegmenter(engine, xp=xp, cuda_graph=cuda_graph, noise=noise, backend="tensorrt", **kwargs)
+    if cuda_graph:
+        raise InputError(f"--cuda-graph applies to TensorRT plans, and {paths.field} is an ONNX graph: drop it, "
+                         "or build a plan with `runtime build`.")
+    if backend in ("auto", "cuda") and "CUDAExecutionProvider" in available_providers():
+        xp = _cupy_on_a_gpu()
+        if xp is not None:
+            try:
+                return DeviceSegmenter(engine, xp=xp, noise=noise, backend="cuda", **kwargs)
+            except BackendError:
+                if backend == "cuda":
+                    raise
+    return Segmenter(engine, backend=backend, **kwargs)

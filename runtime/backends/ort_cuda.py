@@ -38,10 +38,13 @@ class OrtCudaBackend(OrtBackend):
     """
 
     name = "onnxruntime-cuda"
+    #: ONNX Runtime device of the bound buffers and of the provider; tests set "cpu" to run this class's
+    #: binding code on ONNX Runtime's CPU provider with a numpy-backed CuPy stand-in.
+    device_type = "cuda"
 
     def __init__(self, path: str | Path, *, device_id: int = 0, **options: Any) -> None:
         options.pop("device", None)
-        super().__init__(path, device="cuda", **options)
+        super().__init__(path, device=self.device_type, **options)
         self.device_id = int(device_id)
         self.cp: Any = None
 
@@ -58,11 +61,12 @@ class OrtCudaBackend(OrtBackend):
         for name, arr in feed.items():
             if is_device_array(arr):
                 arr = cp.ascontiguousarray(arr)
-                io.bind_input(name, "cuda", self.device_id, arr.dtype.type, tuple(arr.shape), int(arr.data.ptr))
+                io.bind_input(name, self.device_type, self.device_id, arr.dtype.type, tuple(arr.shape),
+                              int(arr.data.ptr))
             else:
                 io.bind_cpu_input(name, np.ascontiguousarray(arr))
         for name in self._outputs:
-            io.bind_output(name, "cuda", self.device_id)
+            io.bind_output(name, self.device_type, self.device_id)
         self.session.run_with_iobinding(io)
         outs = {}
         for name, value in zip(self._outputs, io.get_outputs(), strict=True):

@@ -44,7 +44,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="instance method (default: hemd when available, else watershed)")
     p.add_argument("--blend", choices=BLENDS, default="gaussian", help="overlap blending (default gaussian)")
     p.add_argument("--backend", choices=BACKENDS, default="auto",
-                   help="auto: by engine type, CUDA when available (default)")
+                   help="auto: by engine type, CUDA when available (default); on a GPU (TensorRT plan, or "
+                        "CUDA with CuPy installed) sampling stays on the device (docs/gpu.md)")
+    p.add_argument("--cuda-graph", action="store_true",
+                   help="TensorRT plans: replay each engine call from a captured CUDA graph (less launch overhead)")
     p.add_argument("--threads", type=int, default=None, help="CPU threads (default: physical cores)")
     p.add_argument("--tile-workers", type=int, default=None, metavar="N",
                    help="CPU: groups of tiles sampled at once, each with threads/N threads (default: one per "
@@ -96,8 +99,8 @@ def run(args: argparse.Namespace) -> int:
     """Segment every input; exit 0, or 2 with one sentence on a bad input (nothing partial is written)."""
     from segflow.runtime import wsi
     from segflow.runtime.confidence import filter_segmentation, parse_min_confidence
+    from segflow.runtime.gpu import open_segmenter
     from segflow.runtime.outputs import write_segmentation
-    from segflow.runtime.session import Segmenter
 
     from segflow.imageio import list_images, read_image
     from segflow.progress import Progress
@@ -111,11 +114,12 @@ def run(args: argparse.Namespace) -> int:
     paths = [p for p in paths if p not in slides]
     if args.out.exists() and not args.out.is_dir():
         raise InputError(f"output {args.out} exists and is not a folder: choose another --out.")
-    with Segmenter(args.engine, backend=args.backend, samples=args.samples, steps=args.steps,
-                   method=args.method, stride=args.stride, seed=args.seed, noise_iterations=args.noise_iterations,
-                   renoise_t=args.renoise_t, blend=args.blend, instances=args.instances, threads=args.threads,
-                   tile_workers=args.tile_workers, batch_size=args.batch_size, memory_budget_mb=args.memory_budget,
-                   guidance=args.guidance, label=args.label, ode=args.ode) as seg:
+    with open_segmenter(args.engine, backend=args.backend, cuda_graph=args.cuda_graph, samples=args.samples,
+                        steps=args.steps, method=args.method, stride=args.stride, seed=args.seed,
+                        noise_iterations=args.noise_iterations, renoise_t=args.renoise_t, blend=args.blend,
+                        instances=args.instances, threads=args.threads, tile_workers=args.tile_workers,
+                        batch_size=args.batch_size, memory_budget_mb=args.memory_budget, guidance=args.guidance,
+                        label=args.label, ode=args.ode) as seg:
         cache = _validate(paths, seg)
         wsi.check_slides(seg, slides, args)
         for i, p in enumerate(paths, start=1):

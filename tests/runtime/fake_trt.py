@@ -3,18 +3,156 @@
 It mimics the documented Python API shape of TensorRT 10/11 (Builder, network with inputs, OnnxParser,
 builder config with memory pools / profiles / timing caches, ``build_serialized_network``), and records every
 call in ``module.calls`` so tests can check what segflow's builder asked for.
+
+With ``executable=True`` it also runs what it builds: the parser reads the ONNX graph's inputs, the "plan" is
+the profile plus the ONNX bytes, and ``Runtime.deserialize_cuda_engine`` gives an engine whose execution
+context follows TensorRT's name-based API (``set_input_shape``, ``set_tensor_address``, ``get_tensor_shape``,
+``execute_async_v3``). Execution reads the inputs from the bound device addresses, runs the graph with ONNX
+Runtime on the CPU and writes the outputs to the bound addresses, submitted on the given stream of the fake
+CuPy (``tests/runtime/fake_cupy.py``), so CUDA-graph capture records it and replays it with the addresses of
+capture time. ``module.executions`` counts the graph runs.
 """
 
 from __future__ import annotations
 
+import ctypes
 import enum
+import json
+import sys
 import types
 from pathlib import Path
 
+import numpy as np
+
+PLAN_MAGIC = b"FAKEPLAN\n"
+
+
+def onnx_inputs(path: str | Path) -> dict[str, tuple[int, ...]]:
+    """Graph inputs of an ONNX file, name -> shape with -1 for dynamic dimensions."""
+    import onnx
+
+    model = onnx.load(str(path))
+    inits = {i.name for i in model.graph.initializer}
+    return {v.name: tuple(d.dim_value if d.HasField("dim_value") else -1 for d in v.type.tensor_type.shape.dim)
+            for v in model.graph.input if v.name not in inits}
+
+
+def _read(ptr: int, shape: tuple[int, ...], dtype: np.dtype) -> np.ndarray:
+    n = int(np.prod(shape, dtype=np.int64))
+    raw = (ctypes.c_char * (n * dtype.itemsize)).from_address(ptr)
+    return np.frombuffer(raw, dtype=dtype, count=n).reshape(shape).copy()
+
+
+def _write(ptr: int, value: np.ndarray) -> None:
+    value = np.ascontiguousarray(value)
+    ctypes.memmove(ptr, value.ctypes.data, value.nbytes)
+
+
+def _runtime_api(mod: types.ModuleType) -> None:
+    """Add DataType, TensorIOMode, nptype and Runtime (executing FAKEPLAN plans) to a fake module."""
+    import onnxruntime as ort
+
+    DataType = enum.IntEnum("DataType", {"FLOAT": 0, "HALF": 1, "INT8": 2, "INT32": 3, "BOOL": 4, "INT64": 8})
+    TensorIOMode = enum.IntEnum("TensorIOMode", {"NONE": 0, "INPUT": 1, "OUTPUT": 2})
+    to_np = {DataType.FLOAT: np.float32, DataType.HALF: np.float16, DataType.INT8: np.int8,
+             DataType.INT32: np.int32, DataType.BOOL: np.bool_, DataType.INT64: np.int64}
+    from_ort = {"tensor(float)": DataType.FLOAT, "tensor(float16)": DataType.HALF, "tensor(int64)": DataType.INT64,
+                "tensor(int32)": DataType.INT32, "tensor(bool)": DataType.BOOL}
+    mod.executions = 0
+
+    class Context:
+        def __init__(self, engine):
+            self.engine, self.shapes, self.addresses = engine, {}, {}
+
+        def set_input_shape(self, name, shape):
+            lo, _opt, hi = self.engine.get_tensor_profile_shape(name, 0)
+            if len(shape) != len(lo) or not all(a <= s <= b for s, a, b in zip(shape, lo, hi, strict=True)):
+                return False
+            self.shapes[name] = tuple(int(s) for s in shape)
+            return True
+
+        def set_tensor_address(self, name, ptr):
+            self.addresses[name] = int(ptr)
+            return True
+
+        def _feed(self, read: bool) -> dict[str, np.ndarray]:
+            eng = self.engine
+            return {n: (_read(self.addresses[n], self.shapes[n], eng.dtype(n)) if read
+                        else np.zeros(self.shapes[n], eng.dtype(n))) for n in eng.inputs}
+
+        def get_tensor_shape(self, name):
+            if name in self.engine.inputs:
+                return self.shapes.get(name, self.engine.get_tensor_shape(name))
+            outs = self.engine.session.run([name], self._feed(read=False))
+            return tuple(outs[0].shape)
+
+        def execute_async_v3(self, stream_handle):
+            if set(self.shapes) != set(self.engine.inputs):
+                return False
+            addresses, shapes, eng = dict(self.addresses), dict(self.shapes), self.engine
+
+            def op():
+                feed = {n: _read(addresses[n], shapes[n], eng.dtype(n)) for n in eng.inputs}
+                for name, value in zip(eng.outputs, eng.session.run(eng.outputs, feed), strict=True):
+                    _write(addresses[name], value.astype(eng.dtype(name), copy=False))
+                mod.executions += 1
+
+            sys.modules["cupy"].cuda.submit(stream_handle, op)
+            return True
+
+    class Engine:
+        def __init__(self, profiles, onnx_bytes):
+            so = ort.SessionOptions()
+            so.intra_op_num_threads = 1
+            self.session = ort.InferenceSession(onnx_bytes, so, providers=["CPUExecutionProvider"])
+            self.profiles = profiles
+            self.meta = {a.name: a for a in (*self.session.get_inputs(), *self.session.get_outputs())}
+            self.inputs = [a.name for a in self.session.get_inputs()]
+            self.outputs = [a.name for a in self.session.get_outputs()]
+            self.names = self.inputs + self.outputs
+
+        def dtype(self, name):
+            return np.dtype(to_np[self.get_tensor_dtype(name)])
+
+        num_io_tensors = property(lambda self: len(self.names))
+
+        def get_tensor_name(self, i):
+            return self.names[i]
+
+        def get_tensor_dtype(self, name):
+            return from_ort[self.meta[name].type]
+
+        def get_tensor_shape(self, name):
+            return tuple(d if isinstance(d, int) else -1 for d in self.meta[name].shape)
+
+        def get_tensor_mode(self, name):
+            return TensorIOMode.INPUT if name in self.inputs else TensorIOMode.OUTPUT
+
+        def get_tensor_profile_shape(self, name, profile):
+            return tuple(tuple(s) for s in self.profiles[name])
+
+        def create_execution_context(self):
+            return Context(self)
+
+    class Runtime:
+        def __init__(self, logger):
+            pass
+
+        def deserialize_cuda_engine(self, data):
+            data = bytes(data)
+            if not data.startswith(PLAN_MAGIC):
+                return None
+            header, onnx_bytes = data[len(PLAN_MAGIC):].split(b"\n", 1)
+            return Engine(json.loads(header)["profiles"], onnx_bytes)
+
+    mod.DataType, mod.TensorIOMode, mod.Runtime = DataType, TensorIOMode, Runtime
+    mod.nptype = lambda dt: to_np[DataType(int(dt))]
+
 
 def make_fake_trt(name: str = "tensorrt", *, version: str = "11.4.0.106", inputs=None, parse_ok: bool = True,
-                  build_ok: bool = True, strongly_typed: bool = True) -> types.ModuleType:
-    """Build a fresh fake module; ``inputs`` maps input name -> shape with -1 for dynamic dims."""
+                  build_ok: bool = True, strongly_typed: bool = True, executable: bool = False) -> types.ModuleType:
+    """Build a fresh fake module; ``inputs`` maps input name -> shape with -1 for dynamic dims (with
+    ``executable``, the parsed graph's own inputs); ``executable`` adds the runtime (module docstring)."""
     calls: list[tuple] = []
     inputs = inputs if inputs is not None else {"x": (-1, 1, -1, -1), "t": (-1,), "features": (-1, 2, -1, -1)}
 
@@ -35,6 +173,7 @@ def make_fake_trt(name: str = "tensorrt", *, version: str = "11.4.0.106", inputs
     class Network:
         def __init__(self, flags):
             self.flags = flags
+            self.source = None
             self._inputs = [Tensor(n, s) for n, s in inputs.items()]
 
         @property
@@ -46,18 +185,26 @@ def make_fake_trt(name: str = "tensorrt", *, version: str = "11.4.0.106", inputs
 
     class OnnxParser:
         def __init__(self, network, logger):
+            self.network = network
             self.num_errors = 0 if parse_ok else 1
 
         def parse_from_file(self, path):
             calls.append(("parse_from_file", Path(path).name, Path(path).is_file()))
+            if executable and parse_ok:
+                self.network.source = Path(path)
+                self.network._inputs = [Tensor(n, s) for n, s in onnx_inputs(path).items()]
             return parse_ok
 
         def get_error(self, i):
             return "In node 3 (Conv): unsupported attribute"
 
     class Profile:
+        def __init__(self):
+            self.shapes = {}
+
         def set_shape(self, name, mn, opt, mx):
             calls.append(("set_shape", name, tuple(mn), tuple(opt), tuple(mx)))
+            self.shapes[name] = [list(mn), list(opt), list(mx)]
 
     class TimingCache:
         def __init__(self, data):
@@ -67,11 +214,14 @@ def make_fake_trt(name: str = "tensorrt", *, version: str = "11.4.0.106", inputs
             return self.data + b"+tuned"
 
     class Config:
+        profile = None
+
         def set_memory_pool_limit(self, pool, size):
             calls.append(("set_memory_pool_limit", pool, size))
 
         def add_optimization_profile(self, p):
             calls.append(("add_optimization_profile",))
+            self.profile = p
             return 0
 
         def create_timing_cache(self, data):
@@ -101,11 +251,18 @@ def make_fake_trt(name: str = "tensorrt", *, version: str = "11.4.0.106", inputs
 
         def build_serialized_network(self, network, config):
             calls.append(("build_serialized_network",))
-            return b"PLAN:" + bytes(str(network.flags), "ascii") if build_ok else None
+            if not build_ok:
+                return None
+            if executable:
+                profiles = config.profile.shapes if config.profile is not None else {}
+                return PLAN_MAGIC + json.dumps({"profiles": profiles}).encode() + b"\n" + network.source.read_bytes()
+            return b"PLAN:" + bytes(str(network.flags), "ascii")
 
     mod = types.ModuleType(name)
     mod.__version__ = version
     mod.calls = calls
     for obj in (Logger, NetworkDefinitionCreationFlag, MemoryPoolType, OnnxParser, Builder):
         setattr(mod, obj.__name__, obj)
+    if executable:
+        _runtime_api(mod)
     return mod

@@ -1,0 +1,281 @@
+"""The GPU code paths run on the CPU: the real backend, sampler and CLI code behind a numpy-backed CuPy.
+
+``fake_cupy`` refuses implicit conversion to numpy, as CuPy does, and moves data through raw pointers;
+``fake_trt`` (``executable=True``) builds "plans" that carry the ONNX graph and executes them from the bound
+device addresses on the stream it is given (CUDA-graph capture records, replay re-runs). So these tests check
+what a GPU run depends on besides the GPU itself: pointer and shape plumbing of the TensorRT backend and of
+ONNX Runtime's I/O binding, buffer reuse, graph capture and replay, the profile limits, and that sampling never
+leaves the device between steps - against the CPU Segmenter's result from the same noise.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import sys
+
+import numpy as np
+import pytest
+import tifffile
+from fake_cupy import make_fake_cupy
+from fake_trt import make_fake_trt
+from segflow.runtime import engine as eng
+from segflow.runtime import trtlib
+from segflow.runtime.cli import main as runtime_main
+from segflow.runtime.session import Cancelled, Segmenter
+
+from segflow.errors import BackendError, InputError
+
+KW = {"samples": 3, "steps": 3, "method": "heun", "stride": 12, "batch_size": 6, "seed": 5}
+
+
+@pytest.fixture
+def cp(monkeypatch):
+    mod = make_fake_cupy()
+    monkeypatch.setitem(sys.modules, "cupy", mod)
+    return mod
+
+
+@pytest.fixture
+def trt(monkeypatch, cp):
+    mod = make_fake_trt(executable=True)
+    monkeypatch.setitem(sys.modules, "tensorrt", mod)
+    monkeypatch.setitem(sys.modules, "tensorrt_rtx", None)
+    return mod
+
+
+@pytest.fixture
+def blur(tmp_path, models_dir):
+    for name in ("blur.onnx", "blur.encoder.onnx"):
+        shutil.copy(models_dir / name, tmp_path / name)
+    return tmp_path / "blur.onnx"
+
+
+@pytest.fixture
+def plan(blur, trt):
+    return eng.build_engine(blur, blur.with_suffix(".plan"), precision="fp32", batch=(1, 6, 12)).field
+
+
+@pytest.fixture
+def ort_on_cpu(monkeypatch, cp):
+    """OrtCudaBackend's I/O-binding code bound to ONNX Runtime's CPU device."""
+    from segflow.runtime.backends.ort_cuda import OrtCudaBackend
+
+    monkeypatch.setattr(OrtCudaBackend, "device_type", "cpu")
+    return OrtCudaBackend
+
+
+def _image():
+    return (np.random.default_rng(2).random((50, 61)) * 255).astype(np.uint8)
+
+
+def _feed(n, rng=None):
+    rng = rng or np.random.default_rng(0)
+    return {"x": rng.standard_normal((n, 1, 16, 16)).astype(np.float32),
+            "t": np.full((n,), 0.25, np.float32),
+            "features": rng.standard_normal((n, 2, 16, 16)).astype(np.float32)}
+
+
+def _reference(models_meta, feed):
+    _kind, fn = models_meta.REFERENCES["blur.onnx"]
+    return fn(**feed)
+
+
+@pytest.fixture(scope="module")
+def cpu_result(models_dir):
+    with Segmenter(models_dir / "blur.onnx", backend="cpu", threads=1, **KW) as seg:
+        return seg(_image())
+
+
+def _spy_device_fields(monkeypatch, cp):
+    from segflow.runtime.gpu import DeviceField
+
+    seen, original = [], DeviceField.__call__
+
+    def spy(self, x, t):
+        out = original(self, x, t)
+        seen.append((type(x), type(out)))
+        return out
+
+    monkeypatch.setattr(DeviceField, "__call__", spy)
+    return seen
+
+
+# -- the stand-in itself --------------------------------------------------------------------------------------
+def test_fake_cupy_behaves_like_device_memory(cp):
+    a = cp.asarray(np.arange(6, dtype=np.float32).reshape(2, 3))
+    with pytest.raises(TypeError, match="Implicit conversion"):
+        np.asarray(a)
+    with pytest.raises(TypeError):
+        _ = a + np.ones((2, 3), np.float32)  # CuPy refuses host operands
+    b = cp.ndarray((2, 3), np.float32, memptr=cp.cuda.MemoryPointer(cp.cuda.UnownedMemory(a.data.ptr, 24, a), 0))
+    b[0, 0] = 7  # the same memory through the pointer
+    assert float(a[0, 0]) == 7 and type(a.mean()) is cp.ndarray
+    np.testing.assert_array_equal(cp.asnumpy(a * 2)[1], [6, 8, 10])
+
+
+# -- ONNX Runtime I/O binding ------------------------------------------------------------------------------
+def test_ort_io_binding_keeps_outputs_on_the_device(ort_on_cpu, cp, models_dir, models_meta):
+    feed = _feed(3)
+    with ort_on_cpu(models_dir / "blur.onnx", threads=1) as b:
+        dev = {k: cp.asarray(v) for k, v in feed.items()}
+        out = b.infer(dev, to_host=False)["out"]
+        assert type(out) is cp.ndarray and out.shape == (3, 1, 16, 16)
+        first = cp.asnumpy(out)
+        np.testing.assert_allclose(first, _reference(models_meta, feed), atol=1e-5)
+        feed2 = _feed(5, np.random.default_rng(1))
+        mixed = {"x": cp.asarray(feed2["x"]), "t": feed2["t"], "features": cp.asarray(feed2["features"])}
+        out2 = b.infer(mixed, to_host=False)["out"]  # a host input is bound as a host input
+        np.testing.assert_allclose(cp.asnumpy(out2), _reference(models_meta, feed2), atol=1e-5)
+        np.testing.assert_array_equal(cp.asnumpy(out), first)  # ORT's buffers stay owned by the first result
+        host = b.infer(dev, to_host=True)["out"]
+        assert type(host) is np.ndarray
+        np.testing.assert_array_equal(host, first)
+
+
+def test_device_segmenter_on_ort_cuda_matches_cpu(ort_on_cpu, cp, models_dir, cpu_result, monkeypatch):
+    from segflow.runtime.gpu import DeviceSegmenter
+
+    seen = _spy_device_fields(monkeypatch, cp)
+    with DeviceSegmenter(models_dir / "blur.onnx", xp=cp, threads=1, **KW) as seg:
+        got = seg(_image())
+        assert seg.backend_info["device_resident"] and seg.backend_info["name"] == "onnxruntime-cuda"
+    assert seen and all(a is cp.ndarray and b is cp.ndarray for a, b in seen)
+    assert cp.stats["host_copies"] == 4  # only the final maps come back: samples, mean, spread, probability
+    np.testing.assert_allclose(got.mean_sdf, cpu_result.mean_sdf, atol=1e-5)
+    np.testing.assert_allclose(got.std, cpu_result.std, atol=1e-5)
+    np.testing.assert_array_equal(got.labels, cpu_result.labels)
+
+
+# -- TensorRT backend -----------------------------------------------------------------------------------------
+def test_tensorrt_backend_runs_a_plan(plan, cp, trt, models_meta):
+    from segflow.runtime.backends.tensorrt import TensorRTBackend
+
+    with TensorRTBackend(plan) as b:
+        assert b.max_batch == 12 and set(b.input_metadata()) == {"x", "t", "features"}
+        feed = _feed(4)
+        np.testing.assert_allclose(b.infer(feed)["out"], _reference(models_meta, feed), atol=1e-5)
+        out = b.infer({k: cp.asarray(v) for k, v in feed.items()}, to_host=False)["out"]
+        assert type(out) is cp.ndarray
+        np.testing.assert_allclose(cp.asnumpy(out), _reference(models_meta, feed), atol=1e-5)
+        again = b.infer({k: cp.asarray(v) for k, v in _feed(4, np.random.default_rng(3)).items()}, to_host=False)
+        assert again["out"] is out  # same shape: the output buffer is reused (documented: copy what you keep)
+        other = b.infer({k: cp.asarray(v) for k, v in _feed(2).items()}, to_host=False)["out"]
+        assert other.shape == (2, 1, 16, 16) and other is not out
+        with pytest.raises(BackendError, match=r"outside the plan's profile.*--batch 1:1:13"):
+            b.infer(_feed(13))
+    assert trt.executions == 4
+
+
+def test_tensorrt_cuda_graph_capture_and_replay(plan, cp, trt, models_meta):
+    from segflow.runtime.backends.tensorrt import TensorRTBackend
+
+    feeds = [_feed(4, np.random.default_rng(i)) for i in range(4)]
+    with TensorRTBackend(plan, cuda_graph=True) as b:
+        outs = [cp.asnumpy(b.infer({k: cp.asarray(v) for k, v in f.items()}, to_host=False)["out"])
+                for f in feeds]
+    assert cp.stats["captures"] == 1  # first call warms up, the second captures
+    assert cp.stats["graph_launches"] == 2 and trt.executions == 4  # calls 3 and 4 replay the graph
+    for f, o in zip(feeds, outs, strict=True):  # replays read the new inputs copied into the captured buffers
+        np.testing.assert_allclose(o, _reference(models_meta, f), atol=1e-5)
+
+
+@pytest.mark.parametrize("cuda_graph", [False, True])
+def test_device_segmenter_on_a_plan_matches_cpu(plan, cp, trt, cpu_result, monkeypatch, cuda_graph):
+    from segflow.runtime.gpu import DeviceSegmenter
+
+    seen = _spy_device_fields(monkeypatch, cp)
+    with DeviceSegmenter(plan, xp=cp, cuda_graph=cuda_graph, **KW) as seg:
+        got = seg(_image())
+        info = seg.backend_info
+    assert info["name"] == "tensorrt" and info["device_resident"] and info["cuda_graph"] is cuda_graph
+    assert seen and all(a is cp.ndarray and b is cp.ndarray for a, b in seen)
+    assert cp.stats["host_copies"] == 4  # only the final maps come back
+    assert (cp.stats["graph_launches"] > 0) is cuda_graph
+    np.testing.assert_allclose(got.mean_sdf, cpu_result.mean_sdf, atol=1e-5)
+    np.testing.assert_allclose(got.std, cpu_result.std, atol=1e-5)
+    np.testing.assert_array_equal(got.labels, cpu_result.labels)
+    assert got.timings["sample_evaluations"] == cpu_result.timings["sample_evaluations"]
+
+
+def test_device_segmenter_cancel_between_groups(plan, cp, trt):
+    from segflow.runtime.gpu import DeviceSegmenter
+
+    calls = []
+    with DeviceSegmenter(plan, xp=cp, **{**KW, "batch_size": 3}) as seg, pytest.raises(Cancelled):
+        seg(_image(), cancel=lambda: calls.append(1) or len(calls) > 2)
+    assert len(calls) == 3
+
+
+# -- choosing the segmenter and the command line --------------------------------------------------------------
+def test_open_segmenter_picks_the_device_path(plan, blur, cp, trt, monkeypatch):
+    from segflow.runtime import gpu
+
+    with gpu.open_segmenter(plan, **KW) as seg:
+        assert type(seg) is gpu.DeviceSegmenter and seg.device_resident
+    with gpu.open_segmenter(blur, threads=1, **KW) as seg:  # no CUDA provider in this onnxruntime
+        assert type(seg) is Segmenter
+    with pytest.raises(InputError, match="applies to TensorRT plans"):
+        gpu.open_segmenter(blur, cuda_graph=True)
+    with pytest.raises(InputError, match="runs on the tensorrt backend only"):
+        gpu.open_segmenter(plan, backend="cpu")
+    with pytest.raises(InputError, match="needs a TensorRT plan.*runtime build"):
+        gpu.open_segmenter(blur, backend="tensorrt")
+    monkeypatch.setattr("segflow.runtime.backends.onnxrt.available_providers",
+                        lambda: ["CUDAExecutionProvider", "CPUExecutionProvider"])
+    monkeypatch.setattr("segflow.runtime.backends.ort_cuda.OrtCudaBackend.device_type", "cpu")
+    with gpu.open_segmenter(blur, threads=1, **KW) as seg:  # CUDA provider + a GPU seen by CuPy
+        assert type(seg) is gpu.DeviceSegmenter and seg.backend_info["name"] == "onnxruntime-cuda"
+
+
+def test_segment_cli_on_a_plan_matches_cpu(plan, blur, cp, trt, tmp_path):
+    img = tmp_path / "img.tif"
+    tifffile.imwrite(img, _image())
+    flags = ["--samples", "3", "--steps", "3", "--method", "heun", "--stride", "12", "--seed", "5", "-q"]
+    assert runtime_main(["segment", "--engine", str(blur), str(img), "--out", str(tmp_path / "cpu"),
+                         "--backend", "cpu", *flags]) == 0
+    assert runtime_main(["segment", "--engine", str(plan), str(img), "--out", str(tmp_path / "gpu"),
+                         "--cuda-graph", *flags]) == 0
+    for name in ("img_sdf.tif", "img_std.tif"):
+        np.testing.assert_allclose(tifffile.imread(tmp_path / "gpu" / name), tifffile.imread(tmp_path / "cpu" / name),
+                                   atol=1e-5)
+    np.testing.assert_array_equal(tifffile.imread(tmp_path / "gpu" / "img_labels.tif"),
+                                  tifffile.imread(tmp_path / "cpu" / "img_labels.tif"))
+    backend = json.loads((tmp_path / "gpu" / "img.json").read_text())["backend"]
+    assert backend["name"] == "tensorrt" and backend["device_resident"] and backend["cuda_graph"]
+    assert cp.stats["graph_launches"] > 0
+
+
+def test_segment_cli_plan_without_cupy_is_one_sentence(plan, tmp_path, monkeypatch, capsys):
+    monkeypatch.setitem(sys.modules, "cupy", None)
+    monkeypatch.setattr(trtlib, "gpu_info", lambda: trtlib.GpuInfo("Fake GPU 9.0", "9.0"))
+    img = tmp_path / "img.tif"
+    tifffile.imwrite(img, _image())
+    assert runtime_main(["segment", "--engine", str(plan), str(img), "--out", str(tmp_path / "o"), "-q"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "cupy" in err and "pip install segflow[gpu]" in err and len(err.splitlines()) == 1
+    assert not (tmp_path / "o").exists()
+
+
+def test_slide_on_a_plan_streams_like_the_cpu(cp, trt, tmp_path):
+    pytest.importorskip("zarr", reason="slide reading needs the wsi extra: pip install -e '.[wsi]'")
+    from segflow.runtime.gpu import DeviceSegmenter
+    from segflow.runtime.ometiff import read_level
+    from segflow.runtime.slide import open_slide
+    from segflow.runtime.wsi import SlideOptions
+    from slide_helpers import make_engine, write_pyramid
+
+    from segflow.synthetic import synthetic_nuclei
+
+    engine = make_engine(tmp_path)
+    plan = eng.build_engine(engine, tmp_path / "slide.plan", precision="fp32", batch=(1, 8, 16)).field
+    image, _ = synthetic_nuclei((136, 168), n=30, radius=(5, 9), seed=3)
+    with Segmenter(engine, samples=2, steps=2, threads=1) as seg:
+        whole = seg(image)
+    with DeviceSegmenter(plan, xp=cp, samples=2, steps=2) as seg, \
+            open_slide(write_pyramid(tmp_path / "s.ome.tif", image)) as reader:
+        res = seg.segment_slide(reader, tmp_path / "out", options=SlideOptions(block=40, margin=8, tissue=False))
+    assert whole.n_instances > 5 and res.n_instances == whole.n_instances
+    np.testing.assert_allclose(read_level(res.outputs["mean_sdf"]), whole.mean_sdf, atol=1e-5)
+    np.testing.assert_allclose(read_level(res.outputs["std"]), whole.std, atol=1e-5)
+    assert trt.executions > 0
