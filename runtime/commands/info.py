@@ -8,10 +8,13 @@ import json
 HELP = "print a model's card and the inputs/outputs of its field and encoder graphs"
 DESCRIPTION = """\
 Print what an engine is: its model card (kind, tile, channels, normalisation, SDF delta, threshold, training
-data, licence, provenance) and the inputs and outputs of both graphs (? = dynamic dimension).
+data, licence, provenance) and the inputs and outputs of both graphs (? = dynamic dimension). For TensorRT
+plans it prints their build records instead (library and version, precision, GPU, optimisation profiles),
+read from NAME.plan.json without loading the plans, so it works on any machine.
 
-example:
+examples:
   runtime info --engine models/flowsdf-small-monuseg.onnx
+  runtime info --engine flowsdf.plan
 """
 
 
@@ -21,10 +24,25 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--json", action="store_true", help="print one JSON object instead of text")
 
 
+def _plans(engine) -> dict[str, dict]:
+    """Build records of a plan pair (read from the sidecars, so this works without a GPU or TensorRT)."""
+    import dataclasses
+
+    from segflow.runtime.trtlib import PlanInfo
+
+    out = {}
+    for role, path in (("field", engine.field), ("encoder", engine.encoder)):  # resolve_engine checked both exist
+        out[role] = {"path": str(path), "bytes": path.stat().st_size,
+                     "build": dataclasses.asdict(PlanInfo.read(path))}
+    return out
+
+
 def _graphs(engine) -> dict[str, dict]:
     from segflow.runtime.backends import open_backend
 
-    kind, opts = ("onnxrt", {"device": "cpu", "threads": 1}) if engine.format == "onnx" else ("tensorrt", {})
+    if engine.format == "plan":
+        return _plans(engine)
+    kind, opts = "onnxrt", {"device": "cpu", "threads": 1}
     out = {}
     for role, path in (("field", engine.field), ("encoder", engine.encoder)):
         with open_backend(path, kind, **opts) as b:
@@ -57,7 +75,16 @@ def run(args: argparse.Namespace) -> int:
     print("  " + json.dumps(card.to_dict(), indent=2, sort_keys=True).replace("\n", "\n  "))
     for role, g in graphs.items():
         print(f"{role} graph {g['path']} ({g['bytes'] / 1e6:.2f} MB)")
+        if "build" in g:
+            b = g["build"]
+            gpu = f"{b['gpu_name']} (compute {b['compute_capability']})" if b["gpu_name"] else "no GPU (ahead of time)"
+            targets = f", runs on compute {', '.join(b['target_compute_capabilities'])}" \
+                if b["target_compute_capabilities"] else ""
+            print(f"  built with {b['library']} {b['trt_version']}, {b['precision']}, on {gpu}{targets}, "
+                  f"from {b['onnx']}")
+            for name, (lo, opt, hi) in sorted(b["profiles"].items()):
+                print(f"  profile {name}: min {lo}  opt {opt}  max {hi}")
         for name in ("inputs", "outputs"):
-            for d in g[name]:
+            for d in g.get(name, ()):
                 print(f"  {name[:-1]:7s} {d}")
     return 0

@@ -226,3 +226,23 @@ def test_real_tensorrt_rtx_cpu_build(model, tmp_path, no_gpu):
     assert res.field.stat().st_size > 1000 and res.encoder.stat().st_size > 1000
     assert info.library == "tensorrt_rtx" and info.target_compute_capabilities == ["8.9"]
     assert info.profiles["x"][2][0] == 4
+
+
+def test_info_reads_plan_build_records_without_a_gpu(fake_trt, model, capsys, monkeypatch):
+    from segflow.runtime.cli import main as runtime_main
+
+    res = eng.build_engine(model, model.with_name("flow.plan"), precision="fp32", batch=(1, 4, 8))
+    monkeypatch.setitem(sys.modules, "tensorrt", None)  # neither a GPU nor TensorRT is needed to describe a plan
+    assert runtime_main(["info", "--engine", str(res.field)]) == 0
+    out = capsys.readouterr().out
+    assert "built with tensorrt 11.4.0.106, fp32, on no GPU" in out and "from blur.onnx" in out
+    tile = card_from_onnx(model).tile
+    assert f"profile x: min [1, 1, {tile}, {tile}]  opt [4, 1, {tile}, {tile}]  max [8, 1, {tile}, {tile}]" in out
+    assert "from blur.encoder.onnx" in out
+    assert runtime_main(["info", "--engine", str(res.field), "--json"]) == 0
+    graphs = json.loads(capsys.readouterr().out)["graphs"]
+    assert graphs["field"]["build"]["profiles"]["t"] == [[1], [4], [8]]
+    assert graphs["encoder"]["build"]["onnx"] == "blur.encoder.onnx"
+    res.encoder.unlink()
+    assert runtime_main(["info", "--engine", str(res.field)]) == 2
+    assert "no companion encoder graph flow.encoder.plan" in capsys.readouterr().err
