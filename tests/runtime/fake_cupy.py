@@ -18,6 +18,7 @@ Everything runs synchronously, so stream-ordering races are not modelled.
 from __future__ import annotations
 
 import ctypes
+import importlib.machinery
 import itertools
 import types
 from typing import Any
@@ -33,6 +34,7 @@ def make_fake_cupy(gpu_name: str = "Fake GPU 9.0", compute_capability: tuple[int
                    ) -> types.ModuleType:
     """A fresh fake ``cupy`` module (see the module docstring); ``module.stats`` counts graph launches."""
     cp = types.ModuleType("cupy")
+    cp.__spec__ = importlib.machinery.ModuleSpec("cupy", None)  # importlib.util.find_spec sees it as installed
     cp.__version__ = "0.0-fake"
     stats = {"graph_launches": 0, "captures": 0, "host_copies": 0}
     cp.stats = stats

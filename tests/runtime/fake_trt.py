@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import ctypes
 import enum
+import importlib.machinery
 import json
 import sys
 import types
@@ -259,6 +260,7 @@ def make_fake_trt(name: str = "tensorrt", *, version: str = "11.4.0.106", inputs
             return b"PLAN:" + bytes(str(network.flags), "ascii")
 
     mod = types.ModuleType(name)
+    mod.__spec__ = importlib.machinery.ModuleSpec(name, None)  # importlib.util.find_spec sees it as installed
     mod.__version__ = version
     mod.calls = calls
     for obj in (Logger, NetworkDefinitionCreationFlag, MemoryPoolType, OnnxParser, Builder):
