@@ -9,24 +9,17 @@ from __future__ import annotations
 
 import json
 import sys
-from pathlib import Path
 
 import pytest
 
 pytest.importorskip("torch")
 pytest.importorskip("onnx")
 
-ROOT = Path(__file__).resolve().parents[2]
 
 
 @pytest.fixture(scope="module")
-def bench():
-    sys.path.insert(0, str(ROOT / "benchmarks"))
-    try:
-        import bench_gpu
-    finally:
-        sys.path.remove(str(ROOT / "benchmarks"))
-    return bench_gpu
+def bench(load_benchmark):
+    return load_benchmark("bench_gpu")
 
 
 def test_paper_flops_match_design(bench):

@@ -7,7 +7,6 @@ the reported speed-up.
 
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 
 import pytest
@@ -22,13 +21,8 @@ DEFAULT = ROOT / "models" / "flowsdf-small-monuseg.onnx"
 
 
 @pytest.fixture(scope="module")
-def bench():
-    sys.path.insert(0, str(ROOT / "benchmarks"))
-    try:
-        import bench_runtime
-    finally:
-        sys.path.remove(str(ROOT / "benchmarks"))
-    return bench_runtime
+def bench(load_benchmark):
+    return load_benchmark("bench_runtime")
 
 
 def _weights(model) -> int:
