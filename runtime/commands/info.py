@@ -42,10 +42,9 @@ def _graphs(engine) -> dict[str, dict]:
 
     if engine.format == "plan":
         return _plans(engine)
-    kind, opts = "onnxrt", {"device": "cpu", "threads": 1}
     out = {}
     for role, path in (("field", engine.field), ("encoder", engine.encoder)):
-        with open_backend(path, kind, **opts) as b:
+        with open_backend(path, "onnxrt", device="cpu", threads=1) as b:
             out[role] = {"path": str(path), "bytes": path.stat().st_size,
                          "inputs": [m.describe() for m in b.input_metadata().values()],
                          "outputs": [m.describe() for m in b.output_metadata().values()]}
