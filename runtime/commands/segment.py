@@ -78,6 +78,23 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     g.add_argument("--block", type=int, default=2048, help="block side in pixels; memory grows with it (2048)")
 
 
+def ran_on(backend: dict) -> str:
+    """Where a result was computed, for the summary line: e.g. ``onnxruntime CPU``, ``tensorrt, device-resident``.
+
+    Examples
+    --------
+    >>> ran_on({"name": "onnxruntime", "providers": ["CPUExecutionProvider"]})
+    'onnxruntime CPU'
+    >>> ran_on({"name": "tensorrt", "device_resident": True})
+    'tensorrt, device-resident'
+    """
+    where = str(backend.get("name", "unknown backend"))
+    providers = backend.get("providers") or []
+    if providers:
+        where += " " + providers[0].removesuffix("ExecutionProvider")
+    return where + (", device-resident" if backend.get("device_resident") else "")
+
+
 def _validate(paths: list[Path], segmenter) -> dict[Path, object]:
     """Read and check every input before anything is written; cache them while they fit CACHE_BYTES."""
     from segflow.imageio import read_image
@@ -135,6 +152,7 @@ def run(args: argparse.Namespace) -> int:
                                input_dtype=str(img.dtype), samples=args.save_samples)
             if args.progress is not False:
                 print(f"{p}: {result.n_instances} instances, K={result.samples}, NFE={result.nfe}, "
-                      f"{result.timings['total_s']:.2f} s -> {args.out / p.stem}_*.tif", file=sys.stdout)
+                      f"{ran_on(result.backend)}, {result.timings['total_s']:.2f} s -> {args.out / p.stem}_*.tif",
+                      file=sys.stdout)
         wsi.run_slides(seg, slides, args)
     return 0

@@ -48,7 +48,7 @@ def test_segment_folder(models_dir, inputs, tmp_path, capsys):
     assert info["input"]["shape"] == [30, 44, 3] and info["model_card"]["in_channels"] == 3
     assert info["instances"]["count"] == len(info["instance_table"])
     assert tifffile.imread(out / "b_sdf.tif").shape == (20, 17)
-    assert "a.png" in stdout
+    assert "a.png" in stdout and "onnxruntime CPU" in stdout  # where it ran: the summary line says
 
 
 def test_same_seed_same_files(models_dir, inputs, tmp_path, capsys):

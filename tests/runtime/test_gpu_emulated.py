@@ -228,14 +228,15 @@ def test_open_segmenter_picks_the_device_path(plan, blur, cp, trt, monkeypatch):
         assert type(seg) is gpu.DeviceSegmenter and seg.backend_info["name"] == "onnxruntime-cuda"
 
 
-def test_segment_cli_on_a_plan_matches_cpu(plan, blur, cp, trt, tmp_path):
+def test_segment_cli_on_a_plan_matches_cpu(plan, blur, cp, trt, tmp_path, capsys):
     img = tmp_path / "img.tif"
     tifffile.imwrite(img, _image())
     flags = ["--samples", "3", "--steps", "3", "--method", "heun", "--stride", "12", "--seed", "5", "-q"]
     assert runtime_main(["segment", "--engine", str(blur), str(img), "--out", str(tmp_path / "cpu"),
                          "--backend", "cpu", *flags]) == 0
     assert runtime_main(["segment", "--engine", str(plan), str(img), "--out", str(tmp_path / "gpu"),
-                         "--cuda-graph", *flags]) == 0
+                         "--cuda-graph", *flags[:-1]]) == 0
+    assert "tensorrt, device-resident" in capsys.readouterr().out
     for name in ("img_sdf.tif", "img_std.tif"):
         np.testing.assert_allclose(tifffile.imread(tmp_path / "gpu" / name), tifffile.imread(tmp_path / "cpu" / name),
                                    atol=1e-5)
