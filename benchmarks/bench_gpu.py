@@ -52,26 +52,27 @@ class Target:
     sync: Callable[[], None]
     torch_device: str
     torch_dtype: Any
+    torch_sync: Callable[[], None]
+    precision: str  # PyTorch's and the matmul peak's
     ort_label: str
 
 
 def gpu_target() -> Target | None:
-    try:
-        import cupy
+    from segflow.runtime.gpu import cupy_with_gpu
 
-        if cupy.cuda.runtime.getDeviceCount() < 1:
-            return None
-    except Exception:  # noqa: BLE001
+    cupy = cupy_with_gpu()
+    if cupy is None:
         return None
     import torch
 
-    return Target("cuda", cupy, cupy.cuda.runtime.deviceSynchronize, "cuda", torch.float16, "segflow_ort_cuda_fp32")
+    return Target("cuda", cupy, cupy.cuda.runtime.deviceSynchronize, "cuda", torch.float16, torch.cuda.synchronize,
+                  "fp16", "segflow_ort_cuda_fp32")
 
 
 def cpu_target() -> Target:
     import torch
 
-    return Target("cpu", np, lambda: None, "cpu", torch.float32, "segflow_ort_cpu_fp32")
+    return Target("cpu", np, lambda: None, "cpu", torch.float32, lambda: None, "fp32", "segflow_ort_cpu_fp32")
 
 
 def timeit(fn, sync, reps: int) -> float:
@@ -94,8 +95,7 @@ def peak_tflops(torch, target: Target) -> float:
     n = 8192 if target.name == "cuda" else 1024
     a = torch.randn(n, n, device=target.torch_device, dtype=target.torch_dtype)
     b = torch.randn(n, n, device=target.torch_device, dtype=target.torch_dtype)
-    sync = torch.cuda.synchronize if target.name == "cuda" else target.sync
-    t = timeit(lambda: a @ b, sync, 10)
+    t = timeit(lambda: a @ b, target.torch_sync, 10)
     return 2 * n**3 / t / 1e12
 
 
@@ -159,10 +159,8 @@ def torch_samplers(model, reps: int, tile: int, target: Target) -> dict[str, flo
             x = x + m.field(x, torch.full((K,), i / NFE, device=dev, dtype=dt), feats) / NFE
         return x
 
-    sync = torch.cuda.synchronize if target.name == "cuda" else target.sync
-    precision = "fp16" if target.name == "cuda" else "fp32"
-    return {f"torch_eager_reference_{precision}": timeit(reference, sync, reps),
-            f"torch_eager_cached_encoder_{precision}": timeit(cached, sync, reps)}
+    return {f"torch_eager_reference_{target.precision}": timeit(reference, target.torch_sync, reps),
+            f"torch_eager_cached_encoder_{target.precision}": timeit(cached, target.torch_sync, reps)}
 
 
 def segflow_patch(engine: Path, reps: int, tile: int, target: Target, **kw) -> float:
@@ -255,11 +253,10 @@ def main(argv: list[str] | None = None) -> int:
         if "patch_s" in r:
             r["x_floor"], r["speedup_vs_reference"] = r["patch_s"] / floor_patch, ref / r["patch_s"]
     device = torch.cuda.get_device_name() if target.name == "cuda" else "CPU (smoke run, not GPU numbers)"
-    precision = "fp16" if target.name == "cuda" else "fp32"
     print(f"{device}  {args.preset} (base {cfg.base}) at {tile}^2: encoder {enc_gf:.4g} + field {field_gf:.4g} "
           f"GFLOP per forward ({enc_gf / (enc_gf + field_gf):.0%} encoder)")
     img_floor = f", {args.image_size}^2 image {floor_image:.3f} s" if floor_image else ""
-    print(f"{precision} matmul peak {peak:.1f} TFLOP/s  floor: patch {floor_patch * 1e3:.3f} ms{img_floor}")
+    print(f"{target.precision} matmul peak {peak:.1f} TFLOP/s  floor: patch {floor_patch * 1e3:.3f} ms{img_floor}")
     print(f"{'runner':34s} {'patch ms':>9s} {'x floor':>8s} {'vs ref':>7s} {'image s':>9s}")
     for name, r in rows.items():
         if "error" in r:
@@ -270,7 +267,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{name:34s} {r['patch_s'] * 1e3:9.2f} {r['x_floor']:8.1f} {r['speedup_vs_reference']:7.2f} {img}")
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "bench_gpu.json").write_text(json.dumps({
-        "device": device, "target": target.name, "peak_tflops": peak, "peak_precision": precision,
+        "device": device, "target": target.name, "peak_tflops": peak, "peak_precision": target.precision,
         "encoder_gflop": enc_gf, "field_gflop": field_gf, "patch_gflop": patch_gf, "image_gflop": image_gf,
         "floor_patch_s": floor_patch, "floor_image_s": floor_image, "rows": rows,
         "settings": {"K": K, "nfe": NFE, "tile": tile, "stride": args.stride, "preset": args.preset, "base": cfg.base,

@@ -36,7 +36,7 @@ from segflow.errors import BackendError, InputError, require
 from segflow.normalize import apply_norm
 
 __all__ = ["DeviceField", "DeviceFlowSDFSampler", "DeviceSegmenter", "reduce_samples", "NOISE_MODES", "to_host",
-           "open_segmenter"]
+           "open_segmenter", "cupy_with_gpu"]
 
 NOISE_MODES = ("host", "device")
 
@@ -240,7 +240,7 @@ class DeviceSegmenter(Segmenter):
         return Segmentation(sample_sdfs=maps[0], timings=timings, **result)
 
 
-def _cupy_on_a_gpu() -> Any:
+def cupy_with_gpu() -> Any:
     """CuPy when it is installed and sees a GPU, else None."""
     try:
         import cupy
@@ -274,13 +274,12 @@ def open_segmenter(engine: str | Path, *, backend: str = "auto", cuda_graph: boo
         if backend in ("cpu", "cuda"):
             raise InputError(f"{paths.field} is a TensorRT plan, which runs on the tensorrt backend only: drop "
                              f"--backend {backend} or pass the .onnx model.")
-        xp = require("cupy", "segflow[gpu]", "running TensorRT plans")
-        return DeviceSegmenter(engine, xp=xp, cuda_graph=cuda_graph, noise=noise, backend="tensorrt", **kwargs)
+        return DeviceSegmenter(engine, cuda_graph=cuda_graph, noise=noise, backend="tensorrt", **kwargs)
     if cuda_graph:
         raise InputError(f"--cuda-graph applies to TensorRT plans, and {paths.field} is an ONNX graph: drop it, "
                          "or build a plan with `runtime build`.")
     if backend in ("auto", "cuda") and "CUDAExecutionProvider" in available_providers():
-        xp = _cupy_on_a_gpu()
+        xp = cupy_with_gpu()
         if xp is not None:
             try:
                 return DeviceSegmenter(engine, xp=xp, noise=noise, backend="cuda", **kwargs)

@@ -7,19 +7,10 @@ import importlib.util
 import pytest
 
 
-def _has_gpu() -> bool:
-    if importlib.util.find_spec("cupy") is None:
-        return False
-    try:
-        import cupy
-
-        return cupy.cuda.runtime.getDeviceCount() > 0
-    except Exception:  # noqa: BLE001
-        return False
-
-
 def pytest_collection_modifyitems(config, items):
-    has_gpu = _has_gpu()
+    from segflow.runtime.gpu import cupy_with_gpu
+
+    has_gpu = cupy_with_gpu() is not None
     has_torch = importlib.util.find_spec("torch") is not None
     for item in items:
         if "gpu" in item.keywords and not has_gpu:

@@ -76,16 +76,12 @@ def _runtime_api(mod: types.ModuleType) -> None:
             self.addresses[name] = int(ptr)
             return True
 
-        def _feed(self, read: bool) -> dict[str, np.ndarray]:
-            eng = self.engine
-            return {n: (_read(self.addresses[n], self.shapes[n], eng.dtype(n)) if read
-                        else np.zeros(self.shapes[n], eng.dtype(n))) for n in eng.inputs}
-
         def get_tensor_shape(self, name):
-            if name in self.engine.inputs:
-                return self.shapes.get(name, self.engine.get_tensor_shape(name))
-            outs = self.engine.session.run([name], self._feed(read=False))
-            return tuple(outs[0].shape)
+            eng = self.engine
+            if name in eng.inputs:
+                return self.shapes.get(name, eng.get_tensor_shape(name))
+            zeros = {n: np.zeros(self.shapes[n], eng.dtype(n)) for n in eng.inputs}  # run once to learn the shape
+            return tuple(eng.session.run([name], zeros)[0].shape)
 
         def execute_async_v3(self, stream_handle):
             if set(self.shapes) != set(self.engine.inputs):

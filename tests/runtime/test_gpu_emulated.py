@@ -11,14 +11,12 @@ leaves the device between steps - against the CPU Segmenter's result from the sa
 from __future__ import annotations
 
 import json
-import shutil
 import sys
 
 import numpy as np
 import pytest
 import tifffile
 from fake_cupy import make_fake_cupy
-from fake_trt import make_fake_trt
 from segflow.runtime import engine as eng
 from segflow.runtime import trtlib
 from segflow.runtime.cli import main as runtime_main
@@ -37,23 +35,13 @@ def cp(monkeypatch):
 
 
 @pytest.fixture
-def trt(monkeypatch, cp):
-    mod = make_fake_trt(executable=True)
-    monkeypatch.setitem(sys.modules, "tensorrt", mod)
-    monkeypatch.setitem(sys.modules, "tensorrt_rtx", None)
-    return mod
+def trt(install_fake_trt, cp):
+    return install_fake_trt(executable=True)
 
 
 @pytest.fixture
-def blur(tmp_path, models_dir):
-    for name in ("blur.onnx", "blur.encoder.onnx"):
-        shutil.copy(models_dir / name, tmp_path / name)
-    return tmp_path / "blur.onnx"
-
-
-@pytest.fixture
-def plan(blur, trt):
-    return eng.build_engine(blur, blur.with_suffix(".plan"), precision="fp32", batch=(1, 6, 12)).field
+def plan(blur_copy, trt):
+    return eng.build_engine(blur_copy, blur_copy.with_suffix(".plan"), precision="fp32", batch=(1, 6, 12)).field
 
 
 @pytest.fixture
@@ -208,31 +196,31 @@ def test_device_segmenter_cancel_between_groups(plan, cp, trt):
 
 
 # -- choosing the segmenter and the command line --------------------------------------------------------------
-def test_open_segmenter_picks_the_device_path(plan, blur, cp, trt, monkeypatch):
+def test_open_segmenter_picks_the_device_path(plan, blur_copy, cp, trt, monkeypatch):
     from segflow.runtime import gpu
 
     with gpu.open_segmenter(plan, **KW) as seg:
         assert type(seg) is gpu.DeviceSegmenter and seg.device_resident
-    with gpu.open_segmenter(blur, threads=1, **KW) as seg:  # no CUDA provider in this onnxruntime
+    with gpu.open_segmenter(blur_copy, threads=1, **KW) as seg:  # no CUDA provider in this onnxruntime
         assert type(seg) is Segmenter
     with pytest.raises(InputError, match="applies to TensorRT plans"):
-        gpu.open_segmenter(blur, cuda_graph=True)
+        gpu.open_segmenter(blur_copy, cuda_graph=True)
     with pytest.raises(InputError, match="runs on the tensorrt backend only"):
         gpu.open_segmenter(plan, backend="cpu")
     with pytest.raises(InputError, match="needs a TensorRT plan.*runtime build"):
-        gpu.open_segmenter(blur, backend="tensorrt")
+        gpu.open_segmenter(blur_copy, backend="tensorrt")
     monkeypatch.setattr("segflow.runtime.backends.onnxrt.available_providers",
                         lambda: ["CUDAExecutionProvider", "CPUExecutionProvider"])
     monkeypatch.setattr("segflow.runtime.backends.ort_cuda.OrtCudaBackend.device_type", "cpu")
-    with gpu.open_segmenter(blur, threads=1, **KW) as seg:  # CUDA provider + a GPU seen by CuPy
+    with gpu.open_segmenter(blur_copy, threads=1, **KW) as seg:  # CUDA provider + a GPU seen by CuPy
         assert type(seg) is gpu.DeviceSegmenter and seg.backend_info["name"] == "onnxruntime-cuda"
 
 
-def test_segment_cli_on_a_plan_matches_cpu(plan, blur, cp, trt, tmp_path, capsys):
+def test_segment_cli_on_a_plan_matches_cpu(plan, blur_copy, cp, trt, tmp_path, capsys):
     img = tmp_path / "img.tif"
     tifffile.imwrite(img, _image())
     flags = ["--samples", "3", "--steps", "3", "--method", "heun", "--stride", "12", "--seed", "5", "-q"]
-    assert runtime_main(["segment", "--engine", str(blur), str(img), "--out", str(tmp_path / "cpu"),
+    assert runtime_main(["segment", "--engine", str(blur_copy), str(img), "--out", str(tmp_path / "cpu"),
                          "--backend", "cpu", *flags]) == 0
     assert runtime_main(["segment", "--engine", str(plan), str(img), "--out", str(tmp_path / "gpu"),
                          "--cuda-graph", *flags[:-1]]) == 0
@@ -282,15 +270,15 @@ def test_slide_on_a_plan_streams_like_the_cpu(cp, trt, tmp_path):
     assert trt.executions > 0
 
 
-def test_fp16_plan_agrees_with_cpu_within_fp16_accuracy(blur, cp, trt):
+def test_fp16_plan_agrees_with_cpu_within_fp16_accuracy(blur_copy, cp, trt):
     from segflow.runtime.gpu import DeviceSegmenter
 
     # Euler: the test field is the exact OT velocity (f - a x) / (1 - a t), whose denominator is 0 in fp16 at
     # t = 1, where Heun's last stage evaluates it; a trained network has no such pole.
     kw = {**KW, "method": "euler"}
-    res = eng.build_engine(blur, blur.with_name("half.plan"), precision="fp16", batch=(1, 6, 12))
+    res = eng.build_engine(blur_copy, blur_copy.with_name("half.plan"), precision="fp16", batch=(1, 6, 12))
     assert res.field_info.precision == "fp16"
-    with Segmenter(blur, backend="cpu", threads=1, **kw) as seg:
+    with Segmenter(blur_copy, backend="cpu", threads=1, **kw) as seg:
         cpu = seg(_image())
     with DeviceSegmenter(res.field, xp=cp, **kw) as seg:
         got = seg(_image())

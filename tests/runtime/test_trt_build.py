@@ -5,7 +5,6 @@ from __future__ import annotations
 import argparse
 import importlib.util
 import json
-import shutil
 import sys
 
 import pytest
@@ -26,18 +25,13 @@ def no_gpu(monkeypatch):
 
 
 @pytest.fixture
-def fake_trt(monkeypatch, no_gpu):
-    mod = make_fake_trt()
-    monkeypatch.setitem(sys.modules, "tensorrt", mod)
-    monkeypatch.setitem(sys.modules, "tensorrt_rtx", None)  # None in sys.modules makes the import fail
-    return mod
+def fake_trt(install_fake_trt, no_gpu):
+    return install_fake_trt()
 
 
 @pytest.fixture
-def model(tmp_path, models_dir):
-    for name in ("blur.onnx", "blur.encoder.onnx"):
-        shutil.copy(models_dir / name, tmp_path / name)
-    return tmp_path / "blur.onnx"
+def model(blur_copy):
+    return blur_copy
 
 
 # -- parsing -------------------------------------------------------------------------------------------------
