@@ -72,6 +72,7 @@ EOF
     $PY -m pytest tests/runtime/test_trt_gpu.py tests/runtime/test_trt_build.py tests/runtime/test_trt_backend.py \
         -q -rs 2>&1 | tee benchmarks/results/gpu_tests.txt
     nvidia-smi --query-gpu=name,compute_cap,driver_version --format=csv >> benchmarks/results/gpu_tests.txt
+    $PY scripts/check_trt_api.py >> benchmarks/results/gpu_tests.txt 2>&1
     set -e
     [ -n "${OUT:-}" ] && cp benchmarks/results/gpu_tests.txt "$OUT/" || true
     ;;

@@ -80,7 +80,7 @@ def _runtime_api(mod: types.ModuleType) -> None:
             eng = self.engine
             if name in eng.inputs:
                 return self.shapes.get(name, eng.get_tensor_shape(name))
-            zeros = {n: np.zeros(self.shapes[n], eng.dtype(n)) for n in eng.inputs}  # run once to learn the shape
+            zeros = {n: np.zeros(self.shapes[n], eng.np_dtype(n)) for n in eng.inputs}  # run once to learn the shape
             return tuple(eng.session.run([name], zeros)[0].shape)
 
         def execute_async_v3(self, stream_handle):
@@ -89,9 +89,9 @@ def _runtime_api(mod: types.ModuleType) -> None:
             addresses, shapes, eng = dict(self.addresses), dict(self.shapes), self.engine
 
             def op():
-                feed = {n: _read(addresses[n], shapes[n], eng.dtype(n)) for n in eng.inputs}
+                feed = {n: _read(addresses[n], shapes[n], eng.np_dtype(n)) for n in eng.inputs}
                 for name, value in zip(eng.outputs, eng.session.run(eng.outputs, feed), strict=True):
-                    _write(addresses[name], value.astype(eng.dtype(name), copy=False))
+                    _write(addresses[name], value.astype(eng.np_dtype(name), copy=False))
                 mod.executions += 1
 
             sys.modules["cupy"].cuda.submit(stream_handle, op)
@@ -108,7 +108,7 @@ def _runtime_api(mod: types.ModuleType) -> None:
             self.outputs = [a.name for a in self.session.get_outputs()]
             self.names = self.inputs + self.outputs
 
-        def dtype(self, name):
+        def np_dtype(self, name):
             return np.dtype(to_np[self.get_tensor_dtype(name)])
 
         num_io_tensors = property(lambda self: len(self.names))
@@ -143,6 +143,7 @@ def _runtime_api(mod: types.ModuleType) -> None:
             return Engine(json.loads(header)["profiles"], onnx_bytes)
 
     mod.DataType, mod.TensorIOMode, mod.Runtime = DataType, TensorIOMode, Runtime
+    mod.ICudaEngine, mod.IExecutionContext = Engine, Context
     mod.nptype = lambda dt: to_np[DataType(int(dt))]
 
 
@@ -164,6 +165,8 @@ def make_fake_trt(name: str = "tensorrt", *, version: str = "11.4.0.106", inputs
     MemoryPoolType = enum.IntEnum("MemoryPoolType", {"WORKSPACE": 0, "TACTIC_SHARED_MEMORY": 2})
 
     class Tensor:
+        name, shape = "", ()
+
         def __init__(self, n, s):
             self.name, self.shape = n, s
 
@@ -181,6 +184,8 @@ def make_fake_trt(name: str = "tensorrt", *, version: str = "11.4.0.106", inputs
             return self._inputs[i]
 
     class OnnxParser:
+        num_errors = 0
+
         def __init__(self, network, logger):
             self.network = network
             self.num_errors = 0 if parse_ok else 1
@@ -261,6 +266,9 @@ def make_fake_trt(name: str = "tensorrt", *, version: str = "11.4.0.106", inputs
     mod.calls = calls
     for obj in (Logger, NetworkDefinitionCreationFlag, MemoryPoolType, OnnxParser, Builder):
         setattr(mod, obj.__name__, obj)
+    # the interface classes under TensorRT's own names (scripts/check_trt_api.py looks them up there)
+    mod.INetworkDefinition, mod.ITensor, mod.IBuilderConfig = Network, Tensor, Config
+    mod.IOptimizationProfile, mod.ITimingCache = Profile, TimingCache
     if executable:
         _runtime_api(mod)
     return mod
