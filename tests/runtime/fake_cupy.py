@@ -26,6 +26,15 @@ from typing import Any
 import numpy as np
 from numpy.lib.mixins import NDArrayOperatorsMixin
 
+# NumPy ufuncs and functions the stand-in dispatches on its arrays, as CuPy does through ``__array_ufunc__`` /
+# ``__array_function__`` (CuPy runs its own function of the same name and refuses names it lacks; the stand-in
+# refuses names outside these sets). tests/runtime/test_fake_cupy_fidelity.py checks them against a real CuPy.
+CUPY_UFUNCS = frozenset({
+    "add", "subtract", "multiply", "divide", "negative", "power", "sqrt", "square", "exp", "log", "absolute",
+    "sign", "tanh", "maximum", "minimum", "less", "less_equal", "greater", "greater_equal", "equal", "not_equal",
+    "logical_and", "logical_or", "logical_not", "floor_divide", "remainder", "clip"})
+CUPY_FUNCTIONS = frozenset({"where", "clip", "mean", "std", "sum", "stack", "concatenate", "maximum", "minimum"})
+
 _NO_IMPLICIT = ("Implicit conversion to a NumPy array is not allowed. Please use `.get()` to construct a NumPy "
                 "array explicitly.")
 
@@ -84,6 +93,8 @@ def make_fake_cupy(gpu_name: str = "Fake GPU 9.0", compute_capability: tuple[int
             raise TypeError(_NO_IMPLICIT)
 
         def __array_ufunc__(self, ufunc, method, *inputs, out=None, **kwargs):
+            if ufunc.__name__ not in CUPY_UFUNCS:
+                return NotImplemented  # CuPy: no cupy ufunc of that name -> TypeError from NumPy
             args = [unwrap(x, strict=True) for x in inputs]
             if out is not None:
                 kwargs["out"] = tuple(unwrap(o, strict=True) for o in out)
@@ -91,6 +102,8 @@ def make_fake_cupy(gpu_name: str = "Fake GPU 9.0", compute_capability: tuple[int
             return out[0] if out is not None and len(out) == 1 else wrap(r)
 
         def __array_function__(self, func, types_, args, kwargs):
+            if func.__name__ not in CUPY_FUNCTIONS:
+                return NotImplemented
             return wrap(func(*unwrap(args, strict=True), **{k: unwrap(v, strict=True) for k, v in kwargs.items()}))
 
         # -- attributes --------------------------------------------------------------------------------------
@@ -180,7 +193,7 @@ def make_fake_cupy(gpu_name: str = "Fake GPU 9.0", compute_capability: tuple[int
         def standard_normal(self, size=None, dtype=np.float64, out=None):
             return wrap(self._g.standard_normal(size, dtype=dtype))
 
-    cp.random = types.SimpleNamespace(default_rng=_Generator)
+    cp.random = types.SimpleNamespace(default_rng=_Generator, Generator=_Generator)
 
     # -- cuda: streams, events, graphs, memory, runtime ---------------------------------------------------------
     ptrs = itertools.count(0x1000, 0x10)
@@ -189,21 +202,21 @@ def make_fake_cupy(gpu_name: str = "Fake GPU 9.0", compute_capability: tuple[int
 
     class Event:
         def __init__(self, *a, **k):
-            self.recorded = False
+            self._recorded = False
 
         def record(self, stream=None):
-            self.recorded = True
+            self._recorded = True
 
         def synchronize(self):
             pass
 
     class Graph:
         def __init__(self, ops):
-            self.ops = list(ops)
+            self._ops = list(ops)
 
         def launch(self, stream=None):
             stats["graph_launches"] += 1
-            for op in self.ops:
+            for op in self._ops:
                 op()
 
     class Stream:
