@@ -10,7 +10,8 @@ context follows TensorRT's name-based API (``set_input_shape``, ``set_tensor_add
 ``execute_async_v3``). Execution reads the inputs from the bound device addresses, runs the graph with ONNX
 Runtime on the CPU and writes the outputs to the bound addresses, submitted on the given stream of the fake
 CuPy (``tests/runtime/fake_cupy.py``), so CUDA-graph capture records it and replays it with the addresses of
-capture time. ``module.executions`` counts the graph runs.
+capture time; each run reports the memory it reads and writes to the fake CuPy's stream-ordering check.
+``module.executions`` counts the graph runs.
 """
 
 from __future__ import annotations
@@ -90,8 +91,14 @@ def _runtime_api(mod: types.ModuleType) -> None:
 
             def op():
                 feed = {n: _read(addresses[n], shapes[n], eng.np_dtype(n)) for n in eng.inputs}
-                for name, value in zip(eng.outputs, eng.session.run(eng.outputs, feed), strict=True):
-                    _write(addresses[name], value.astype(eng.np_dtype(name), copy=False))
+                outs = [v.astype(eng.np_dtype(n), copy=False)
+                        for n, v in zip(eng.outputs, eng.session.run(eng.outputs, feed), strict=True)]
+                sys.modules["cupy"].cuda.note_access(  # stream ordering is checked by the fake CuPy
+                    reads=[(addresses[n], v.nbytes) for n, v in feed.items()],
+                    writes=[(addresses[n], v.nbytes) for n, v in zip(eng.outputs, outs, strict=True)],
+                    what="TensorRT execute_async_v3")
+                for name, value in zip(eng.outputs, outs, strict=True):
+                    _write(addresses[name], value)
                 mod.executions += 1
 
             sys.modules["cupy"].cuda.submit(stream_handle, op)

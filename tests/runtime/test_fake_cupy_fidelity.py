@@ -20,7 +20,7 @@ from fake_cupy import CUPY_FUNCTIONS, CUPY_UFUNCS, make_fake_cupy
 # handle"); its _BaseStream.__init__(self, ptr, device_id) stores it.
 INSTANCE_ONLY = {"cupy.cuda.Stream.ptr"}
 # The stand-in's own test hooks, not CuPy API.
-TEST_ONLY = {"cupy.stats", "cupy.cuda.submit", "cupy.cuda.streams"}
+TEST_ONLY = {"cupy.stats", "cupy.races", "cupy.cuda.submit", "cupy.cuda.streams", "cupy.cuda.note_access"}
 
 
 def fake_surface(cp) -> dict[str, set[str]]:

@@ -24,14 +24,17 @@ from segflow.runtime.session import Cancelled, Segmenter
 
 from segflow.errors import BackendError, InputError
 
+ITEMSIZE = {"tensor(float)": 4, "tensor(float16)": 2, "tensor(int64)": 8, "tensor(int32)": 4, "tensor(bool)": 1}
 KW = {"samples": 3, "steps": 3, "method": "heun", "stride": 12, "batch_size": 6, "seed": 5}
 
 
 @pytest.fixture
 def cp(monkeypatch):
+    """The CuPy stand-in as ``cupy``; the test fails if it saw a stream-ordering race."""
     mod = make_fake_cupy()
     monkeypatch.setitem(sys.modules, "cupy", mod)
-    return mod
+    yield mod
+    assert mod.races == [], "stream-ordering races:\n" + "\n".join(mod.races[:5])
 
 
 @pytest.fixture
@@ -46,10 +49,36 @@ def plan(blur_copy, trt):
 
 @pytest.fixture
 def ort_on_cpu(monkeypatch, cp):
-    """OrtCudaBackend's I/O-binding code bound to ONNX Runtime's CPU device."""
+    """OrtCudaBackend's I/O-binding code bound to ONNX Runtime's CPU device.
+
+    ONNX Runtime's CUDA provider runs on a stream of its own and synchronises it before ``run_with_iobinding``
+    returns; the run is reported to the stand-in's stream-ordering check as such: it reads the bound inputs
+    and writes its outputs on that stream, then the host waits for it.
+    """
+    import onnxruntime as ort
     from segflow.runtime.backends.ort_cuda import OrtCudaBackend
 
     monkeypatch.setattr(OrtCudaBackend, "device_type", "cpu")
+    ort_stream = cp.cuda.Stream(non_blocking=True)
+    bound: dict[int, list] = {}
+    bind_input, run = ort.IOBinding.bind_input, ort.InferenceSession.run_with_iobinding
+
+    def spy_bind(self, name, device_type, device_id, element_type, shape, buffer_ptr):
+        nbytes = int(np.prod(shape, dtype=np.int64)) * np.dtype(element_type).itemsize
+        bound.setdefault(id(self), []).append((int(buffer_ptr), nbytes))
+        return bind_input(self, name, device_type, device_id, element_type, shape, buffer_ptr)
+
+    def spy_run(self, iobinding, run_options=None):
+        out = run(self, iobinding, run_options)
+        writes = [(int(v.data_ptr()), int(np.prod(v.shape(), dtype=np.int64)) * ITEMSIZE[v.data_type()])
+                  for v in iobinding.get_outputs()]
+        cp.cuda.submit(ort_stream.ptr, lambda: cp.cuda.note_access(reads=bound.pop(id(iobinding), []),
+                                                                   writes=writes, what="ONNX Runtime run"))
+        ort_stream.synchronize()
+        return out
+
+    monkeypatch.setattr(ort.IOBinding, "bind_input", spy_bind)
+    monkeypatch.setattr(ort.InferenceSession, "run_with_iobinding", spy_run)
     return OrtCudaBackend
 
 
@@ -100,6 +129,46 @@ def test_fake_cupy_behaves_like_device_memory(cp):
     b[0, 0] = 7  # the same memory through the pointer
     assert float(a[0, 0]) == 7 and type(a.mean()) is cp.ndarray
     np.testing.assert_array_equal(cp.asnumpy(a * 2)[1], [6, 8, 10])
+
+
+def test_fake_cupy_finds_stream_ordering_races():
+    """The ordering check itself: cross-stream use needs an event wait or a host synchronisation between."""
+    cp = make_fake_cupy()  # not the fixture: these races are intended
+    a, b = cp.cuda.Stream(non_blocking=True), cp.cuda.Stream(non_blocking=True)
+    with a:
+        x = cp.full((4,), 2.0, dtype=cp.float32)  # written on a
+    with b:
+        _ = x * 3  # read on b, unordered
+    assert len(cp.races) == 1 and f"multiply on stream {b.ptr:#x} reads memory" in cp.races[0]
+
+    with a:
+        y = cp.full((4,), 2.0, dtype=cp.float32)
+    b.wait_event(a.record())
+    with b:
+        _ = y * 3  # ordered by the event
+    a.synchronize()
+    with a:
+        y[...] = 0  # write-after-read: b's read of y is not ordered before a's write
+    assert len(cp.races) == 2 and "writes memory" in cp.races[1]
+
+    with a:
+        z = cp.zeros((4,), dtype=cp.float32)
+    a.synchronize()  # the host waited for a, so what it enqueues next on b follows
+    with b:
+        _ = z + 1
+    assert len(cp.races) == 2
+
+    w = cp.zeros((4,), dtype=cp.float32)  # null stream
+    ptr = (w.data.ptr, w.nbytes)
+    b.begin_capture()
+    cp.cuda.submit(b.ptr, lambda: cp.cuda.note_access(reads=[ptr], what="kernel"))
+    graph = b.end_capture()
+    assert len(cp.races) == 2  # captured, not run
+    graph.launch(b)  # replays on b: reads w, written on the null stream, unordered
+    assert len(cp.races) == 3 and cp.races[2].startswith(f"kernel on stream {b.ptr:#x} reads")
+    b.wait_event(cp.cuda.get_current_stream().record())
+    graph.launch(b)
+    assert len(cp.races) == 3
 
 
 # -- ONNX Runtime I/O binding ------------------------------------------------------------------------------
