@@ -4,8 +4,9 @@
 ``infer(feed, to_host=False)`` binds CuPy inputs by device pointer (numpy inputs are bound as host inputs and
 copied once by ONNX Runtime), lets ONNX Runtime allocate the outputs on the GPU and returns them as CuPy arrays
 that own a reference to ONNX Runtime's buffers — no host round trip between integration steps. The caller's
-current CuPy stream is synchronised before the run (inputs are complete); ONNX Runtime synchronises its own
-stream when ``run_with_iobinding`` returns (outputs are complete).
+current CuPy stream is synchronised before the run, after strided inputs were made contiguous on it (inputs are
+complete); ONNX Runtime synchronises its own stream when ``run_with_iobinding`` returns (outputs are
+complete).
 """
 
 from __future__ import annotations
@@ -57,10 +58,11 @@ class OrtCudaBackend(OrtBackend):
             return super()._infer(feed, to_host)
         cp = self.cp
         io = self.session.io_binding()
+        # strided inputs are copied on the caller's stream, so before the synchronisation below
+        feed = {n: cp.ascontiguousarray(a) if is_device_array(a) else a for n, a in feed.items()}
         cp.cuda.get_current_stream().synchronize()
         for name, arr in feed.items():
             if is_device_array(arr):
-                arr = cp.ascontiguousarray(arr)
                 io.bind_input(name, self.device_type, self.device_id, arr.dtype.type, tuple(arr.shape),
                               int(arr.data.ptr))
             else:

@@ -190,6 +190,19 @@ def test_ort_io_binding_keeps_outputs_on_the_device(ort_on_cpu, cp, models_dir, 
         np.testing.assert_array_equal(host, first)
 
 
+def test_ort_io_binding_orders_a_contiguous_copy_before_the_run(ort_on_cpu, cp, models_dir, models_meta):
+    """A strided CuPy input is copied to contiguous memory on the caller's stream; that copy must be complete
+    before ONNX Runtime reads it on its own stream (the stand-in's fixture fails on the race otherwise)."""
+    feed = _feed(3)
+    wide = np.zeros((3, 1, 16, 32), np.float32)
+    wide[..., ::2] = feed["x"]
+    with ort_on_cpu(models_dir / "blur.onnx", threads=1) as b:
+        strided = cp.asarray(wide)[..., ::2]
+        dev = {"x": strided, "t": cp.asarray(feed["t"]), "features": cp.asarray(feed["features"])}
+        out = b.infer(dev, to_host=False)["out"]
+        np.testing.assert_allclose(cp.asnumpy(out), _reference(models_meta, feed), atol=1e-5)
+
+
 def test_device_segmenter_on_ort_cuda_matches_cpu(ort_on_cpu, cp, models_dir, cpu_result, monkeypatch):
     from segflow.runtime.gpu import DeviceSegmenter
 
