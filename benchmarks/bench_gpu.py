@@ -3,7 +3,8 @@
 Measures, in one run on one GPU:
 
 1. per-patch latency of 4 samples x 4 NFE (Euler, 4 steps) at 128^2: segflow's device-resident sampler on
-   ONNX Runtime CUDA (I/O binding) and, when a TensorRT library is installed, on a TensorRT fp16 plan; a
+   ONNX Runtime CUDA (I/O binding; noise uploaded from the host, and drawn on the device) and, when a TensorRT
+   library is installed, on a TensorRT fp16 plan; a
    PyTorch-eager reference-style sampler (encoder recomputed at every step, as the reference code does) and a
    PyTorch-eager sampler with the encoder cached;
 2. a 1000 x 1000 image at K = 4, 4 NFE, stride 64 (225 tiles) through :class:`DeviceSegmenter`.
@@ -223,7 +224,9 @@ def main(argv: list[str] | None = None) -> int:
         model = export_net(cfg, tile, tmp)
         for name, t in torch_samplers(model, args.reps, tile, target).items():
             rows[name] = {"patch_s": t}
-        runs = [(target.ort_label, tmp / "net.onnx", {})]
+        # device noise: a CuPy generator per batch and renoising iteration (its cuRAND state set-up included)
+        runs = [(target.ort_label, tmp / "net.onnx", {}),
+                (f"{target.ort_label}_device_noise", tmp / "net.onnx", {"noise": "device"})]
         if not args.skip_tensorrt and target.name == "cuda":
             try:
                 from segflow.runtime.engine import build_engine
