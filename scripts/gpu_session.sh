@@ -70,6 +70,7 @@ EOF
     mkdir -p benchmarks/results
     set +e
     $PY -m pytest tests/runtime/test_trt_gpu.py tests/runtime/test_trt_build.py tests/runtime/test_trt_backend.py \
+        tests/runtime/test_trt_api_check.py tests/runtime/test_fake_cupy_fidelity.py \
         -q -rs 2>&1 | tee benchmarks/results/gpu_tests.txt
     nvidia-smi --query-gpu=name,compute_cap,driver_version --format=csv >> benchmarks/results/gpu_tests.txt
     $PY scripts/check_trt_api.py >> benchmarks/results/gpu_tests.txt 2>&1
