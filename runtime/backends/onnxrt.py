@@ -8,6 +8,11 @@ Device choice (``device``):
   available providers — never a silent fall-back to the CPU.
 * ``"auto"`` (default) — CUDA when ``onnxruntime-gpu`` is installed and a GPU starts, else the CPU.
 
+Before the first CUDA session, :func:`preload_cuda_libraries` has ONNX Runtime load the CUDA and cuDNN
+libraries of NVIDIA's pip packages (``onnxruntime.preload_dlls``): segflow's runtime never imports torch, which
+otherwise is what puts them on the loader's path, so without this an ``onnxruntime-gpu`` that relies on those
+packages cannot start its CUDA provider. Libraries it could not load are named in the error.
+
 Session options: ``graph_optimization_level = ORT_ENABLE_ALL``, sequential execution, ``intra_op_num_threads``
 = the physical cores this process may use (or ``threads``), and ``allow_spinning=False`` to stop idle worker
 threads from burning CPU when segflow is embedded in a host application (costs a little latency).
@@ -15,6 +20,8 @@ threads from burning CPU when segflow is embedded in a host application (costs a
 
 from __future__ import annotations
 
+import contextlib
+import io
 import os
 from pathlib import Path
 from typing import Any
@@ -24,7 +31,8 @@ from segflow.runtime.backends.base import Backend, TensorMeta
 
 from segflow.errors import BackendError, ModelCardError
 
-__all__ = ["OrtBackend", "physical_cores", "available_providers", "session_options", "providers_for"]
+__all__ = ["OrtBackend", "physical_cores", "available_providers", "session_options", "providers_for",
+           "preload_cuda_libraries"]
 
 _ORT_DTYPES = {
     "tensor(float)": np.float32,
@@ -78,6 +86,30 @@ def providers_for(device: str) -> list[str]:
             f"install onnxruntime-gpu or choose --backend cpu."
         )
     return ["CPUExecutionProvider"]
+
+
+_preload_failures: list[str] | None = None
+
+
+def preload_cuda_libraries() -> list[str]:
+    """Load NVIDIA's CUDA / cuDNN pip libraries for ONNX Runtime, once per process (module docstring).
+
+    Returns ONNX Runtime's "Failed to load ..." lines (empty when everything loaded, and for builds without
+    CUDA, where ``preload_dlls`` does nothing). ONNX Runtime prints them; segflow keeps them for its errors.
+    """
+    global _preload_failures
+    if _preload_failures is None:
+        import onnxruntime as ort
+
+        buf = io.StringIO()
+        if hasattr(ort, "preload_dlls"):  # onnxruntime >= 1.21
+            try:
+                with contextlib.redirect_stdout(buf):
+                    ort.preload_dlls()
+            except Exception as exc:  # noqa: BLE001 - advisory: the session start below is the real check
+                buf.write(f"Failed to load CUDA libraries: {exc}\n")
+        _preload_failures = [line.strip() for line in buf.getvalue().splitlines() if line.startswith("Failed")]
+    return _preload_failures
 
 
 def session_options(*, threads: int | None = None, allow_spinning: bool = False) -> Any:
@@ -137,6 +169,7 @@ class OrtBackend(Backend):
         if not self.path.is_file():
             raise ModelCardError(f"ONNX model {self.path} does not exist: check the --engine path.")
         providers = providers_for(self.device)
+        failures = preload_cuda_libraries() if "CUDAExecutionProvider" in providers else []
         opts = session_options(threads=self.threads, allow_spinning=self.allow_spinning)
         try:
             sess = ort.InferenceSession(str(self.path), sess_options=opts, providers=providers)
@@ -144,10 +177,13 @@ class OrtBackend(Backend):
             raise ModelCardError(
                 f"{self.path} is not a readable ONNX model ({type(exc).__name__}): re-export it.") from exc
         if self.device == "cuda" and "CUDAExecutionProvider" not in sess.get_providers():
-            raise BackendError(
-                f"the CUDA execution provider could not start for {self.path} (no GPU or CUDA libraries?; "
-                f"available providers {available_providers()}): fix the CUDA set-up or choose --backend cpu."
-            )
+            missing = [f.split(":")[0].split()[-1] for f in failures]
+            why = (f"could not load {', '.join(missing)}" if missing else "no GPU or CUDA libraries?") + \
+                f"; available providers {available_providers()}"
+            fix = ("install the CUDA 13 / cuDNN 9 libraries (pip install onnxruntime-gpu[cuda,cudnn])"
+                   if missing else "fix the CUDA set-up")
+            raise BackendError(f"the CUDA execution provider could not start for {self.path} ({why}): {fix} or "
+                               f"choose --backend cpu.")
         self.session = sess
         self._inputs = _meta(sess.get_inputs())
         self._outputs = _meta(sess.get_outputs())

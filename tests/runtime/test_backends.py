@@ -88,6 +88,34 @@ def test_cuda_request_never_falls_back_silently(models_dir):
         OrtBackend(models_dir / "negx.onnx", device="cuda").activate()
 
 
+@pytest.mark.filterwarnings("ignore:Specified provider 'CUDAExecutionProvider'")
+def test_cuda_start_failure_names_the_libraries_it_could_not_load(models_dir, monkeypatch):
+    """onnxruntime-gpu relying on NVIDIA's pip libraries: segflow preloads them once (the runtime never imports
+    torch, which would), and a CUDA provider that still cannot start is reported with the missing libraries."""
+    import onnxruntime as ort
+    from segflow.runtime.backends import onnxrt
+
+    calls = []
+
+    def fake_preload():
+        calls.append(1)
+        print("Failed to load libcudnn.so.9: libcudnn.so.9: cannot open shared object file")
+        print("Failed to load libcublasLt.so.13: libcublasLt.so.13: cannot open shared object file")
+        print("Please follow https://onnxruntime.ai/docs/install/#cuda-and-cudnn to install CUDA.")
+
+    monkeypatch.setattr(ort, "preload_dlls", fake_preload, raising=False)
+    monkeypatch.setattr(onnxrt, "_preload_failures", None)
+    monkeypatch.setattr(onnxrt, "available_providers", lambda: ["CUDAExecutionProvider", "CPUExecutionProvider"])
+    for _ in range(2):  # this onnxruntime has no CUDA provider, so the session starts on the CPU only
+        with pytest.raises(BackendError, match=r"could not start .*could not load libcudnn\.so\.9, libcublasLt\.so\.13;"
+                           r".*pip install onnxruntime-gpu\[cuda,cudnn\]\) or choose --backend cpu\.$"):
+            OrtBackend(models_dir / "negx.onnx", device="cuda").activate()
+    assert calls == [1]  # once per process
+    with OrtBackend(models_dir / "negx.onnx", device="cpu") as b:  # CPU sessions never preload
+        assert b.describe()["name"] == "onnxruntime"
+    assert calls == [1]
+
+
 def test_threads_and_cores(models_dir):
     assert physical_cores() >= 1
     with OrtBackend(models_dir / "negx.onnx", device="cpu", threads=1) as b:
