@@ -20,6 +20,20 @@ ORT_GPU=onnxruntime-gpu==1.31.1
 TRT_RTX=(tensorrt-rtx-cu13-libs==1.7.1.116 tensorrt-rtx-cu13-bindings==1.7.1.116)
 PIECE=${PIECE:-60m}
 
+# ONNX Runtime sits in $STAGE/site, apart from the image's NVIDIA pip libraries (torch's CUDA/cuDNN), so its
+# preload cannot find them there: put their folders on the loader path for the steps that run it.
+nvidia_libs() {
+  $PY - <<'EOF'
+import glob, os
+try:
+    import nvidia
+except ImportError:
+    raise SystemExit
+libs = (p for d in nvidia.__path__ for p in glob.glob(os.path.join(d, "**", "lib*.so*"), recursive=True))
+print(":".join(sorted({os.path.dirname(p) for p in libs})))
+EOF
+}
+
 plat=(--only-binary=:all: --python-version 3.12 --implementation cp --platform manylinux_2_28_x86_64
       --platform manylinux_2_27_x86_64 --platform manylinux_2_17_x86_64 --platform manylinux2014_x86_64)
 
@@ -55,9 +69,11 @@ case "${1:-help}" in
     printf 'from tensorrt_rtx_bindings import *  # noqa\nfrom tensorrt_rtx_bindings import __version__  # noqa\n' \
         > "$STAGE/site/tensorrt_rtx/__init__.py"
     $PY -m pip install -q --no-deps --no-build-isolation -e . >/dev/null
-    PYTHONPATH="$STAGE/site" $PY - <<'EOF'
+    LD_LIBRARY_PATH="$(nvidia_libs):${LD_LIBRARY_PATH:-}" PYTHONPATH="$STAGE/site" $PY - <<'EOF'
 import onnxruntime as ort, cupy
 print("onnxruntime", ort.__version__, ort.get_available_providers())
+from segflow.runtime.backends.onnxrt import preload_cuda_libraries
+print("CUDA libraries ONNX Runtime could not load:", preload_cuda_libraries() or "none")
 print("cupy", cupy.__version__, cupy.cuda.runtime.getDeviceProperties(0)["name"])
 try:
     import tensorrt_rtx as trt; print("tensorrt_rtx", trt.__version__)
@@ -66,7 +82,7 @@ except Exception as exc:  # noqa: BLE001
 EOF
     ;;
   test)     # device: the GPU tests, then the CPU-side TensorRT tests with the real library present
-    export PYTHONPATH="$STAGE/site:${PYTHONPATH:-}"
+    export PYTHONPATH="$STAGE/site:${PYTHONPATH:-}" LD_LIBRARY_PATH="$(nvidia_libs):${LD_LIBRARY_PATH:-}"
     mkdir -p benchmarks/results
     set +e
     $PY -m pytest tests/runtime/test_trt_gpu.py tests/runtime/test_trt_build.py tests/runtime/test_trt_backend.py \
@@ -78,7 +94,8 @@ EOF
     [ -n "${OUT:-}" ] && cp benchmarks/results/gpu_tests.txt "$OUT/" || true
     ;;
   bench)    # device: the GPU benchmark (paper preset), table + JSON
-    export PYTHONPATH="$STAGE/site:${PYTHONPATH:-}" PYTHONUNBUFFERED=1
+    export PYTHONPATH="$STAGE/site:${PYTHONPATH:-}" LD_LIBRARY_PATH="$(nvidia_libs):${LD_LIBRARY_PATH:-}" \
+        PYTHONUNBUFFERED=1
     $PY benchmarks/bench_gpu.py "${@:2}" 2>&1 | tee benchmarks/results/bench_gpu.txt
     [ -n "${OUT:-}" ] && cp benchmarks/results/bench_gpu.txt benchmarks/results/bench_gpu.json "$OUT/" || true
     ;;
