@@ -47,13 +47,17 @@ API: dict[str | None, tuple[str, ...]] = {
     "ITimingCache": ("serialize",),
     "Runtime": ("deserialize_cuda_engine", "get_engine_validity"),
     "ICudaEngine": ("num_io_tensors", "get_tensor_name", "get_tensor_dtype", "get_tensor_shape", "get_tensor_mode",
-                    "get_tensor_profile_shape", "create_execution_context"),
+                    "get_tensor_profile_shape", "create_execution_context", "create_runtime_config"),
     "IExecutionContext": ("set_input_shape", "set_tensor_address", "get_tensor_shape", "execute_async_v3"),
+    "IRuntimeConfig": ("create_runtime_cache", "set_runtime_cache"),
+    "IRuntimeCache": ("serialize", "deserialize"),
 }
 # Used only when the library is tensorrt_rtx (segflow checks with hasattr/library_name before using them).
 RTX_ONLY = {(None, "ComputeCapability"), ("IBuilderConfig", "num_compute_capabilities"),
             ("IBuilderConfig", "set_compute_capability"), ("IBuilderConfig", "get_compute_capability"),
-            ("Runtime", "get_engine_validity")}
+            ("Runtime", "get_engine_validity"), ("ICudaEngine", "create_runtime_config"),
+            ("IRuntimeConfig", "create_runtime_cache"), ("IRuntimeConfig", "set_runtime_cache"),
+            ("IRuntimeCache", "serialize"), ("IRuntimeCache", "deserialize")}
 
 
 def _rows():

@@ -12,10 +12,18 @@ deserialisation. Inference uses the name-based API (``set_input_shape``, ``set_t
 * ``cuda_graph=True`` captures ``execute_async_v3`` into a CUDA graph per input-shape signature after one
   warm-up run (inputs are copied into fixed buffers, since a graph fixes tensor addresses); if capture fails
   the backend falls back to plain launches.
+* TensorRT-RTX compiles its kernels for the GPU at first use (just in time). The backend keeps them in a
+  runtime cache file, ``NAME.plan.rtcache`` beside the plan, or under ``$XDG_CACHE_HOME/segflow`` (default
+  ``~/.cache/segflow``) when the plan's folder is read-only: loaded when the execution context is created, saved
+  when the backend closes, so later processes skip the compilation. TensorRT-RTX itself rejects a cache from
+  another GPU, driver or library version (it is then rebuilt and overwritten). ``runtime_cache=False`` turns
+  it off; a path chooses the file.
 """
 
 from __future__ import annotations
 
+import hashlib
+import os
 import warnings
 from pathlib import Path
 from typing import Any
@@ -25,8 +33,19 @@ from segflow.runtime.backends.base import Backend, TensorMeta
 from segflow.runtime.trtlib import PlanInfo, check_plan, gpu_info, import_trt, rebuild_hint
 
 from segflow.errors import BackendError, ModelCardError, require
+from segflow.imageio import atomic_path
 
-__all__ = ["TensorRTBackend", "check_profile", "validity_error"]
+__all__ = ["TensorRTBackend", "check_profile", "validity_error", "runtime_cache_path"]
+
+
+def runtime_cache_path(plan: str | Path) -> Path:
+    """Where the TensorRT-RTX runtime cache of ``plan`` lives (see the module docstring)."""
+    plan = Path(plan).resolve()
+    if os.access(plan.parent, os.W_OK):
+        return plan.with_name(plan.name + ".rtcache")
+    root = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "segflow"
+    key = hashlib.sha256(str(plan).encode()).hexdigest()[:16]
+    return root / f"{plan.stem}-{key}.rtcache"
 
 
 def check_profile(plan: str | Path, name: str, shape: tuple[int, ...], lo: tuple[int, ...], hi: tuple[int, ...]
@@ -67,15 +86,22 @@ class TensorRTBackend(Backend):
         The ``.plan`` file (its build record ``.plan.json`` beside it).
     cuda_graph : bool
         Capture each input-shape signature into a CUDA graph after a warm-up run.
+    runtime_cache : bool or str or Path
+        TensorRT-RTX runtime cache: True (default) for :func:`runtime_cache_path`, a path, or False for none.
     """
 
     name = "tensorrt"
     thread_safe = False  # one execution context; the base class serialises calls
 
-    def __init__(self, path: str | Path, *, cuda_graph: bool = False, **_ignored: Any) -> None:
+    def __init__(self, path: str | Path, *, cuda_graph: bool = False, runtime_cache: bool | str | Path = True,
+                 **_ignored: Any) -> None:
         super().__init__(source=str(path))
         self.path = Path(path)
         self.cuda_graph = cuda_graph
+        self._cache_choice = runtime_cache
+        self.runtime_cache: Path | None = None  # the file, once a TensorRT-RTX plan is active
+        self.runtime_cache_state: str | None = None  # "loaded", "new" or "rejected"
+        self._rt_cache: Any = None
         self.info: PlanInfo | None = None
         self.trt: Any = None
         self.cp: Any = None
@@ -113,9 +139,42 @@ class TensorRTBackend(Backend):
             raise BackendError(f"{self.info.library} could not load plan {self.path} (corrupt file, or built for "
                                f"another GPU or TensorRT version; see the log above): rebuild it here with "
                                f"{rebuild_hint(self.path)}.")
-        self.engine, self.context = engine, engine.create_execution_context()
+        config = self._runtime_config(engine)
+        self.engine = engine
+        self.context = engine.create_execution_context(runtime_config=config) if config is not None else \
+            engine.create_execution_context()
         self.stream = self.cp.cuda.Stream(non_blocking=True)
         self._read_io()
+
+    def _runtime_config(self, engine: Any) -> Any:
+        """TensorRT-RTX: a runtime configuration whose runtime cache holds the JIT-compiled kernels, loaded from
+        the cache file when it exists (module docstring); None for full TensorRT or with the cache off."""
+        if self.info.library != "tensorrt_rtx" or self._cache_choice is False \
+                or not hasattr(engine, "create_runtime_config"):
+            return None
+        path = runtime_cache_path(self.path) if self._cache_choice is True else Path(self._cache_choice)
+        config = engine.create_runtime_config()
+        cache = config.create_runtime_cache()
+        state = "new"
+        if path.is_file():
+            try:
+                state = "loaded" if cache.deserialize(path.read_bytes()) else "rejected"
+            except Exception:  # noqa: BLE001 - an unreadable cache only costs the compilation
+                state = "rejected"
+        config.set_runtime_cache(cache)
+        self.runtime_cache, self.runtime_cache_state, self._rt_cache = path, state, cache
+        return config
+
+    def _save_runtime_cache(self) -> None:
+        path = self.runtime_cache
+        try:
+            data = bytes(self._rt_cache.serialize())
+            path.parent.mkdir(parents=True, exist_ok=True)
+            with atomic_path(path) as tmp:
+                tmp.write_bytes(data)
+        except Exception as exc:  # noqa: BLE001 - never fail a finished run over the cache
+            warnings.warn(f"could not save the TensorRT-RTX runtime cache {path} ({exc}); the next run compiles "
+                          f"the kernels again.", RuntimeWarning, stacklevel=3)
 
     def _read_io(self) -> None:
         trt, engine = self.trt, self.engine
@@ -134,6 +193,9 @@ class TensorRTBackend(Backend):
     def _deactivate(self) -> None:
         if self.stream is not None:
             self.stream.synchronize()
+        if self._rt_cache is not None:
+            self._save_runtime_cache()
+            self._rt_cache = None
         self._graphs.clear()
         self._out_buffers.clear()
         self._keep = []
@@ -240,4 +302,6 @@ class TensorRTBackend(Backend):
         return {"name": self.name, "library": info.library if info else None,
                 "version": info.trt_version if info else None, "precision": info.precision if info else None,
                 "gpu": info.gpu_name if info else None, "cuda_graph": self.cuda_graph,
-                "max_batch": self.max_batch if self._profile else None}
+                "max_batch": self.max_batch if self._profile else None,
+                "runtime_cache": str(self.runtime_cache) if self.runtime_cache else None,
+                "runtime_cache_state": self.runtime_cache_state}

@@ -10,7 +10,8 @@ DESCRIPTION = """\
 Print what an engine is: its model card (kind, tile, channels, normalisation, SDF delta, threshold, training
 data, licence, provenance) and the inputs and outputs of both graphs (? = dynamic dimension). For TensorRT
 plans it prints their build records instead (library and version, precision, GPU, optimisation profiles),
-read from NAME.plan.json without loading the plans, so it works on any machine.
+read from NAME.plan.json without loading the plans, so it works on any machine, and for TensorRT-RTX plans
+the runtime cache file that keeps their just-in-time compiled kernels between runs.
 
 examples:
   runtime info --engine models/flowsdf-small-monuseg.onnx
@@ -28,12 +29,17 @@ def _plans(engine) -> dict[str, dict]:
     """Build records of a plan pair (read from the sidecars, so this works without a GPU or TensorRT)."""
     import dataclasses
 
+    from segflow.runtime.backends.tensorrt import runtime_cache_path
     from segflow.runtime.trtlib import PlanInfo
 
     out = {}
     for role, path in (("field", engine.field), ("encoder", engine.encoder)):  # resolve_engine checked both exist
-        out[role] = {"path": str(path), "bytes": path.stat().st_size,
-                     "build": dataclasses.asdict(PlanInfo.read(path))}
+        info = PlanInfo.read(path)
+        out[role] = {"path": str(path), "bytes": path.stat().st_size, "build": dataclasses.asdict(info)}
+        if info.library == "tensorrt_rtx":
+            cache = runtime_cache_path(path)
+            out[role]["runtime_cache"] = {"path": str(cache),
+                                          "bytes": cache.stat().st_size if cache.is_file() else None}
     return out
 
 
@@ -83,6 +89,11 @@ def run(args: argparse.Namespace) -> int:
                   f"from {b['onnx']}")
             for name, (lo, opt, hi) in sorted(b["profiles"].items()):
                 print(f"  profile {name}: min {lo}  opt {opt}  max {hi}")
+        if "runtime_cache" in g:
+            c = g["runtime_cache"]
+            held = f"{c['bytes'] / 1e3:.1f} kB" if c["bytes"] is not None else \
+                "not written yet: the first run compiles the kernels"
+            print(f"  runtime cache {c['path']} ({held})")
         for name in ("inputs", "outputs"):
             for d in g.get(name, ()):
                 print(f"  {name[:-1]:7s} {d}")

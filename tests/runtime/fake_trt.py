@@ -11,7 +11,10 @@ context follows TensorRT's name-based API (``set_input_shape``, ``set_tensor_add
 Runtime on the CPU and writes the outputs to the bound addresses, submitted on the given stream of the fake
 CuPy (``tests/runtime/fake_cupy.py``), so CUDA-graph capture records it and replays it with the addresses of
 capture time; each run reports the memory it reads and writes to the fake CuPy's stream-ordering check.
-``module.executions`` counts the graph runs.
+``module.executions`` counts the graph runs. Named ``tensorrt_rtx``, it also models TensorRT-RTX's just-in-time
+kernels: a run with a new input-shape signature compiles (``module.jit_compiles``) unless the execution
+context's runtime cache (``ICudaEngine.create_runtime_config``) holds it; the cache serialises with the GPU's
+name and refuses a blob from another GPU, as the real one validates its environment.
 """
 
 from __future__ import annotations
@@ -27,6 +30,7 @@ from pathlib import Path
 import numpy as np
 
 PLAN_MAGIC = b"FAKEPLAN\n"
+RTCACHE_MAGIC = b"FAKERTCACHE\n"
 
 
 def onnx_inputs(path: str | Path) -> dict[str, tuple[int, ...]]:
@@ -61,10 +65,48 @@ def _runtime_api(mod: types.ModuleType) -> None:
     from_ort = {"tensor(float)": DataType.FLOAT, "tensor(float16)": DataType.HALF, "tensor(int64)": DataType.INT64,
                 "tensor(int32)": DataType.INT32, "tensor(bool)": DataType.BOOL}
     mod.executions = 0
+    mod.jit_compiles = 0  # kernels compiled at run time (TensorRT-RTX), one per new input-shape signature
+
+    class RuntimeCache:
+        """TensorRT-RTX's runtime cache: compiled kernels by shape signature, valid only for the same GPU."""
+
+        def __init__(self):
+            self.kernels: set[str] = set()
+
+        def _gpu(self):
+            return sys.modules["cupy"].cuda.runtime.getDeviceProperties(0)["name"].decode()
+
+        def serialize(self):
+            return RTCACHE_MAGIC + json.dumps({"gpu": self._gpu(), "kernels": sorted(self.kernels)}).encode()
+
+        def deserialize(self, blob):
+            blob = bytes(blob)
+            if not blob.startswith(RTCACHE_MAGIC):
+                return False
+            head = json.loads(blob[len(RTCACHE_MAGIC):])
+            if head["gpu"] != self._gpu():
+                return False  # validated against the current environment; rejected, cache unchanged
+            self.kernels |= set(head["kernels"])
+            return True
+
+    class RuntimeConfig:
+        def __init__(self):
+            self.cache = None
+
+        def create_runtime_cache(self):
+            return RuntimeCache()
+
+        def set_runtime_cache(self, cache):
+            self.cache = cache
+            return True
+
+        def get_runtime_cache(self):
+            return self.cache
 
     class Context:
-        def __init__(self, engine):
+        def __init__(self, engine, runtime_config=None):
             self.engine, self.shapes, self.addresses = engine, {}, {}
+            self.cache = runtime_config.cache if runtime_config is not None else None
 
         def set_input_shape(self, name, shape):
             lo, _opt, hi = self.engine.get_tensor_profile_shape(name, 0)
@@ -88,6 +130,12 @@ def _runtime_api(mod: types.ModuleType) -> None:
             if set(self.shapes) != set(self.engine.inputs):
                 return False
             addresses, shapes, eng = dict(self.addresses), dict(self.shapes), self.engine
+            if mod.__name__ == "tensorrt_rtx":
+                signature = json.dumps(sorted(shapes.items()))
+                if self.cache is None or signature not in self.cache.kernels:
+                    mod.jit_compiles += 1
+                    if self.cache is not None:
+                        self.cache.kernels.add(signature)
 
             def op():
                 feed = {n: _read(addresses[n], shapes[n], eng.np_dtype(n)) for n in eng.inputs}
@@ -135,8 +183,12 @@ def _runtime_api(mod: types.ModuleType) -> None:
         def get_tensor_profile_shape(self, name, profile):
             return tuple(tuple(s) for s in self.profiles[name])
 
-        def create_execution_context(self):
-            return Context(self)
+        def create_execution_context(self, runtime_config=None):
+            return Context(self, runtime_config)
+
+        if mod.__name__ == "tensorrt_rtx":
+            def create_runtime_config(self):
+                return RuntimeConfig()
 
     class Runtime:
         def __init__(self, logger):
@@ -151,6 +203,8 @@ def _runtime_api(mod: types.ModuleType) -> None:
 
     mod.DataType, mod.TensorIOMode, mod.Runtime = DataType, TensorIOMode, Runtime
     mod.ICudaEngine, mod.IExecutionContext = Engine, Context
+    if mod.__name__ == "tensorrt_rtx":
+        mod.IRuntimeConfig, mod.IRuntimeCache = RuntimeConfig, RuntimeCache
     mod.nptype = lambda dt: to_np[DataType(int(dt))]
 
 

@@ -250,6 +250,84 @@ def test_tensorrt_cuda_graph_capture_and_replay(plan, cp, trt, models_meta):
         np.testing.assert_allclose(o, _reference(models_meta, f), atol=1e-5)
 
 
+@pytest.fixture
+def rtx_plan(blur_copy, monkeypatch):
+    """A plan built with a fake TensorRT-RTX (the only TensorRT here), which compiles kernels at first use, and
+    an RTX-class CuPy stand-in (TensorRT-RTX supports no compute capability 9.0)."""
+    from fake_trt import make_fake_trt
+
+    cp = make_fake_cupy(gpu_name="NVIDIA RTX 6000 Ada Generation", compute_capability=(8, 9))
+    monkeypatch.setitem(sys.modules, "cupy", cp)
+    mod = make_fake_trt("tensorrt_rtx", executable=True)
+    monkeypatch.setitem(sys.modules, "tensorrt_rtx", mod)
+    monkeypatch.setitem(sys.modules, "tensorrt", None)
+    plan = eng.build_engine(blur_copy, blur_copy.with_suffix(".plan"), precision="fp32", batch=(1, 6, 12),
+                            builder="tensorrt_rtx").field
+    yield plan, mod, cp
+    assert cp.races == [], "stream-ordering races:\n" + "\n".join(cp.races[:5])
+
+
+def _run_plan(plan, cp, models_meta, **kw):
+    from segflow.runtime.backends.tensorrt import TensorRTBackend
+
+    with TensorRTBackend(plan, **kw) as b:
+        for n in (4, 2):
+            feed = _feed(n)
+            out = b.infer({k: cp.asarray(v) for k, v in feed.items()}, to_host=False)["out"]
+            np.testing.assert_allclose(cp.asnumpy(out), _reference(models_meta, feed), atol=1e-5)
+    return b
+
+
+def test_rtx_runtime_cache_keeps_compiled_kernels_between_runs(rtx_plan, models_meta, monkeypatch, capsys):
+    plan, rtx, cp = rtx_plan
+    assert runtime_main(["info", "--engine", str(plan)]) == 0
+    assert "runtime cache" in (out := capsys.readouterr().out) and "not written yet" in out
+    first = _run_plan(plan, cp, models_meta)
+    cache = plan.with_name(plan.name + ".rtcache")
+    assert first.runtime_cache == cache.resolve() and first.runtime_cache_state == "new" and cache.is_file()
+    assert rtx.jit_compiles == 2  # two batch shapes
+    assert first.describe()["runtime_cache_state"] == "new"
+
+    assert runtime_main(["info", "--engine", str(plan), "--json"]) == 0
+    cached = json.loads(capsys.readouterr().out)["graphs"]["field"]["runtime_cache"]
+    assert cached == {"path": str(cache.resolve()), "bytes": cache.stat().st_size}
+    second = _run_plan(plan, cp, models_meta)  # a later process: the kernels come from the cache
+    assert second.runtime_cache_state == "loaded" and rtx.jit_compiles == 2
+
+    other = make_fake_cupy(gpu_name="NVIDIA GeForce RTX 4090", compute_capability=(8, 9))
+    monkeypatch.setitem(sys.modules, "cupy", other)  # same plan on another GPU: TensorRT-RTX rejects the cache
+    third = _run_plan(plan, other, models_meta)
+    assert third.runtime_cache_state == "rejected" and rtx.jit_compiles == 4
+    assert b"RTX 4090" in cache.read_bytes()  # rebuilt for this GPU and saved
+
+    off = _run_plan(plan, other, models_meta, runtime_cache=False)
+    assert off.runtime_cache is None and rtx.jit_compiles == 6
+    assert other.races == []
+
+
+def test_rtx_runtime_cache_location_and_save_failure(rtx_plan, models_meta, monkeypatch, tmp_path):
+    from segflow.runtime.backends import tensorrt as trt_backend
+
+    plan, _rtx, cp = rtx_plan
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
+    monkeypatch.setattr(trt_backend.os, "access", lambda path, mode: False)  # the plan's folder is read-only
+    where = trt_backend.runtime_cache_path(plan)
+    assert where.parent == tmp_path / "xdg" / "segflow" and where.name.startswith("blur-")
+    assert trt_backend.runtime_cache_path(plan) == where  # stable per plan
+    b = _run_plan(plan, cp, models_meta)
+    assert b.runtime_cache == where and where.is_file()
+
+    blocked = tmp_path / "cache-is-a-folder"
+    blocked.mkdir()
+    with pytest.warns(RuntimeWarning, match="could not save the TensorRT-RTX runtime cache .*compiles the kernels"):
+        _run_plan(plan, cp, models_meta, runtime_cache=blocked)  # the run itself completes
+
+
+def test_full_tensorrt_has_no_runtime_cache(plan, cp, models_meta):
+    b = _run_plan(plan, cp, models_meta)
+    assert b.runtime_cache is None and not list(plan.parent.glob("*.rtcache"))
+
+
 @pytest.mark.parametrize("cuda_graph", [False, True])
 def test_device_segmenter_on_a_plan_matches_cpu(plan, cp, trt, cpu_result, monkeypatch, cuda_graph):
     from segflow.runtime.gpu import DeviceSegmenter
