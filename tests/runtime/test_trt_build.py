@@ -5,7 +5,9 @@ from __future__ import annotations
 import argparse
 import importlib.util
 import json
+import shutil
 import sys
+from pathlib import Path
 
 import pytest
 from fake_trt import make_fake_trt
@@ -220,6 +222,21 @@ def test_real_tensorrt_rtx_cpu_build(model, tmp_path, no_gpu):
     assert res.field.stat().st_size > 1000 and res.encoder.stat().st_size > 1000
     assert info.library == "tensorrt_rtx" and info.target_compute_capabilities == ["8.9"]
     assert info.profiles["x"][2][0] == 4
+
+
+@pytest.mark.skipif(importlib.util.find_spec("tensorrt_rtx") is None, reason="tensorrt_rtx not installed")
+@pytest.mark.parametrize("precision", ["fp32", "fp16", "bf16"])
+def test_real_tensorrt_rtx_builds_the_shipped_model(precision, tmp_path, no_gpu):
+    """The default model (models/flowsdf-small-monuseg) through the real TensorRT-RTX builder, every precision."""
+    shipped = Path(__file__).resolve().parents[2] / "models" / "flowsdf-small-monuseg.onnx"
+    for name in (shipped.name, "flowsdf-small-monuseg.encoder.onnx", "flowsdf-small-monuseg.card.json"):
+        shutil.copy(shipped.with_name(name), tmp_path / name)
+    res = eng.build_engine(tmp_path / shipped.name, tmp_path / "f.plan", precision=precision,
+                           builder="tensorrt_rtx", compute_capabilities=("8.9", "12.0"))
+    info = PlanInfo.read(res.field)
+    assert info.precision == precision and info.target_compute_capabilities == ["8.9", "12.0"]
+    assert res.field.stat().st_size > 1e6 and res.encoder.stat().st_size > 1e5
+    assert json.loads(res.card.read_text())["tile"] == info.profiles["x"][0][-1]  # the card travels with it
 
 
 def test_info_reads_plan_build_records_without_a_gpu(fake_trt, model, capsys, monkeypatch):
