@@ -3,8 +3,8 @@
 Measures, in one run on one GPU:
 
 1. per-patch latency of 4 samples x 4 NFE (Euler, 4 steps) at 128^2: segflow's device-resident sampler on
-   ONNX Runtime CUDA (I/O binding; noise uploaded from the host, and drawn on the device) and, when a TensorRT
-   library is installed, on a TensorRT fp16 plan; a
+   ONNX Runtime CUDA (I/O binding; fp32 with noise uploaded from the host or drawn on the device, and the
+   fp16-converted graph) and, when a TensorRT library is installed, on a TensorRT fp16 plan; a
    PyTorch-eager reference-style sampler (encoder recomputed at every step, as the reference code does) and a
    PyTorch-eager sampler with the encoder cached;
 2. a 1000 x 1000 image at K = 4, 4 NFE, stride 64 (225 tiles) through :class:`DeviceSegmenter`.
@@ -135,6 +135,19 @@ def export_net(cfg, tile: int, tmp: Path):
     return model
 
 
+def fp16_copy(tmp: Path) -> Path:
+    """The exported pair converted to fp16 by the runtime's own pass (I/O stays float32), for ONNX Runtime."""
+    from segflow.runtime.autocast import convert_precision
+
+    out = tmp / "fp16"
+    out.mkdir(exist_ok=True)
+    for name in ("net.onnx", "net.encoder.onnx"):
+        convert_precision(tmp / name, out / name, "fp16", method="segflow")
+    for card in tmp.glob("net.card.json"):
+        shutil.copy(card, out / card.name)
+    return out / "net.onnx"
+
+
 def torch_samplers(model, reps: int, tile: int, target: Target) -> dict[str, float]:
     import torch
 
@@ -224,9 +237,12 @@ def main(argv: list[str] | None = None) -> int:
         model = export_net(cfg, tile, tmp)
         for name, t in torch_samplers(model, args.reps, tile, target).items():
             rows[name] = {"patch_s": t}
-        # device noise: a CuPy generator per batch and renoising iteration (its cuRAND state set-up included)
+        # device noise: a CuPy generator per batch and renoising iteration (its cuRAND state set-up included);
+        # fp16: the graph converted by the runtime's cast pass (what `runtime build --precision fp16` feeds
+        # TensorRT), run by ONNX Runtime — the fast path where no TensorRT library can be installed
         runs = [(target.ort_label, tmp / "net.onnx", {}),
-                (f"{target.ort_label}_device_noise", tmp / "net.onnx", {"noise": "device"})]
+                (f"{target.ort_label}_device_noise", tmp / "net.onnx", {"noise": "device"}),
+                (target.ort_label.replace("fp32", "fp16"), fp16_copy(tmp), {})]
         if not args.skip_tensorrt and target.name == "cuda":
             try:
                 from segflow.runtime.engine import build_engine

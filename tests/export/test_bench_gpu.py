@@ -46,7 +46,7 @@ def test_smoke_run_writes_every_row(bench, tmp_path, capsys):
     res = json.loads((tmp_path / "bench_gpu.json").read_text())
     rows = res["rows"]
     assert set(rows) == {"torch_eager_reference_fp32", "torch_eager_cached_encoder_fp32", "segflow_ort_cpu_fp32",
-                         "segflow_ort_cpu_fp32_device_noise"}
+                         "segflow_ort_cpu_fp32_device_noise", "segflow_ort_cpu_fp16"}
     assert all(r["patch_s"] > 0 for r in rows.values())
     assert rows["segflow_ort_cpu_fp32"]["image_s"] > 0 and rows["segflow_ort_cpu_fp32_device_noise"]["image_s"] > 0
     assert res["settings"]["image_tiles"] == 9  # (64 - 32) / 16 + 1 = 3 tiles a side
