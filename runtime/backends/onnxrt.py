@@ -107,7 +107,7 @@ def preload_cuda_libraries() -> list[str]:
                 with contextlib.redirect_stdout(buf):
                     ort.preload_dlls()
             except Exception as exc:  # noqa: BLE001 - advisory: the session start below is the real check
-                buf.write(f"Failed to load CUDA libraries: {exc}\n")
+                buf.write(f"Failed to load CUDA/cuDNN: {exc}\n")
         _preload_failures = [line.strip() for line in buf.getvalue().splitlines() if line.startswith("Failed")]
     return _preload_failures
 
@@ -177,11 +177,13 @@ class OrtBackend(Backend):
             raise ModelCardError(
                 f"{self.path} is not a readable ONNX model ({type(exc).__name__}): re-export it.") from exc
         if self.device == "cuda" and "CUDAExecutionProvider" not in sess.get_providers():
-            missing = [f.split(":")[0].split()[-1] for f in failures]
+            missing = [Path(f.removeprefix("Failed to load ").split(": ")[0]).name for f in failures]
             why = (f"could not load {', '.join(missing)}" if missing else "no GPU or CUDA libraries?") + \
                 f"; available providers {available_providers()}"
-            fix = ("install the CUDA 13 / cuDNN 9 libraries (pip install onnxruntime-gpu[cuda,cudnn])"
-                   if missing else "fix the CUDA set-up")
+            major = str(getattr(ort, "cuda_version", "") or "").split(".")[0]  # what this build links against
+            cuda = f"CUDA {major}" if major else "CUDA"
+            fix = f"install the {cuda} / cuDNN 9 libraries (pip install onnxruntime-gpu[cuda,cudnn])" if missing \
+                else "fix the CUDA set-up"
             raise BackendError(f"the CUDA execution provider could not start for {self.path} ({why}): {fix} or "
                                f"choose --backend cpu.")
         self.session = sess
