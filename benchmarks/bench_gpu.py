@@ -136,16 +136,10 @@ def export_net(cfg, tile: int, tmp: Path):
 
 
 def fp16_copy(tmp: Path) -> Path:
-    """The exported pair converted to fp16 by the runtime's own pass (I/O stays float32), for ONNX Runtime."""
-    from segflow.runtime.autocast import convert_precision
+    """The exported pair converted to fp16 by the runtime's own pass (`runtime build --out NAME.onnx`)."""
+    from segflow.runtime.engine import convert_engine
 
-    out = tmp / "fp16"
-    out.mkdir(exist_ok=True)
-    for name in ("net.onnx", "net.encoder.onnx"):
-        convert_precision(tmp / name, out / name, "fp16", method="segflow")
-    for card in tmp.glob("net.card.json"):
-        shutil.copy(card, out / card.name)
-    return out / "net.onnx"
+    return convert_engine(tmp / "net.onnx", tmp / "fp16" / "net.onnx", conversion="segflow", check=False).field
 
 
 def torch_samplers(model, reps: int, tile: int, target: Target) -> dict[str, float]:

@@ -14,6 +14,11 @@ Build recipe (the same on TensorRT 10, TensorRT 11 and TensorRT-RTX):
 * full TensorRT reuses a timing cache file (loaded if it was written by the same TensorRT version on the
   same GPU, saved after the build). TensorRT-RTX ignores timing caches (its kernels are compiled just in time
   on the user's GPU, and its builder needs no GPU at all), so the cache is skipped there.
+
+:func:`convert_engine` writes the fp16 conversion as an ONNX pair (``OUT.onnx``, ``OUT.encoder.onnx``,
+``OUT.card.json``) for ONNX Runtime, where no TensorRT library can be installed (its CUDA provider runs fp16 on
+tensor cores), after checking it against the fp32 graphs on ONNX Runtime's CPU provider. bf16 stays a
+TensorRT precision: ONNX Runtime has no bf16 kernels for these graphs.
 """
 
 from __future__ import annotations
@@ -36,7 +41,7 @@ from segflow.errors import BackendError, InputError, ModelCardError
 from segflow.imageio import default_file_mode
 
 __all__ = ["parse_batch", "parse_bytes", "profile_shapes", "build_plan", "build_engine", "BuildResult",
-           "DEFAULT_BATCH", "DEFAULT_WORKSPACE"]
+           "convert_engine", "ConvertResult", "DEFAULT_BATCH", "DEFAULT_WORKSPACE"]
 
 DEFAULT_BATCH = (1, 16, 64)
 DEFAULT_WORKSPACE = 4 << 30
@@ -308,3 +313,84 @@ def build_engine(onnx_path: str | Path, out_plan: str | Path, *, precision: str 
                                     compute_capabilities=compute_capabilities))
     _atomic_write(card_path, json.dumps(card.to_dict(), indent=1, sort_keys=True).encode())
     return BuildResult(field_plan, encoder_plan, card_path, infos[0], infos[1])
+
+
+@dataclass(frozen=True)
+class ConvertResult:
+    """The files :func:`convert_engine` wrote, the conversion method and the parity check's relative errors."""
+
+    field: Path
+    encoder: Path
+    card: Path
+    conversion: str
+    errors: dict[str, float]  # graph role -> max |fp16 - fp32| / max |fp32| on random inputs (empty: unchecked)
+
+
+def _onnx_paths(out: Path, source: Path) -> tuple[Path, Path, Path]:
+    if out.suffix != ".onnx" or out.name.endswith(".encoder.onnx"):
+        raise InputError(f"--out {out} must name the field graph, ending in .onnx (e.g. flowsdf.fp16.onnx).")
+    if out.resolve() == source.resolve():
+        raise InputError(f"--out {out} is the source model itself: choose another name, e.g. NAME.fp16.onnx.")
+    stem = out.name[: -len(".onnx")]
+    return out, out.with_name(f"{stem}.encoder.onnx"), out.with_name(f"{stem}.card.json")
+
+
+def _relative_error(reference: Path, converted: Path, tile: int, batch: int = 2) -> float:
+    """Max |converted - reference| / max |reference| over the outputs, on random inputs, ONNX Runtime CPU."""
+    import numpy as np
+    import onnxruntime as ort
+
+    opts = ort.SessionOptions()
+    opts.log_severity_level = 3
+    ref, low = (ort.InferenceSession(str(p), opts, providers=["CPUExecutionProvider"]) for p in (reference, converted))
+    rng = np.random.default_rng(0)
+    feed = {}
+    for arg in ref.get_inputs():
+        dims = list(arg.shape)
+        shape = [batch if i == 0 and not isinstance(d, int) else tile if not isinstance(d, int) else d
+                 for i, d in enumerate(dims)]
+        feed[arg.name] = (rng.uniform(0.05, 0.95, shape) if arg.name == "t" else rng.standard_normal(shape)
+                          ).astype(np.float32)
+    worst = 0.0
+    for a, b in zip(ref.run(None, feed), low.run(None, feed), strict=True):
+        scale = max(float(np.abs(a).max()), 1e-6)
+        worst = max(worst, float(np.abs(a.astype(np.float64) - b).max()) / scale)
+    return worst
+
+
+def convert_engine(onnx_path: str | Path, out_onnx: str | Path, *, precision: str = "fp16",
+                   conversion: str = "auto", check: bool = True) -> ConvertResult:
+    """Write an exported model converted to fp16 as ``OUT.onnx``, ``OUT.encoder.onnx`` and ``OUT.card.json``.
+
+    For ONNX Runtime (module docstring). Nothing is written unless both graphs convert (and, with ``check``,
+    run on ONNX Runtime's CPU provider); ``errors`` holds each graph's relative error against the fp32 graph on
+    random inputs.
+    """
+    if precision != "fp16":
+        raise InputError(f"precision {precision!r} for an .onnx --out: ONNX Runtime runs these graphs in fp16 "
+                         f"(the exported model is fp32; bf16 is for TensorRT plans): use --precision fp16.")
+    engine = resolve_engine(onnx_path)
+    if engine.format != "onnx":
+        raise InputError(f"--onnx {onnx_path} must be an exported .onnx model, not a {engine.format} file.")
+    field, encoder, card_path = _onnx_paths(Path(out_onnx), engine.field)
+    card = _card_for(engine)
+    field.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(prefix=".segflow-convert-", dir=field.parent) as tmp:
+        staged = {}
+        for role, src, dst in (("field", engine.field, field), ("encoder", engine.encoder, encoder)):
+            staged[role] = Path(tmp) / dst.name
+            used = convert_precision(src, staged[role], precision, method=conversion)
+        errors = {}
+        if check:
+            try:
+                errors = {role: _relative_error(src, staged[role], card.tile)
+                          for role, src in (("field", engine.field), ("encoder", engine.encoder))}
+            except Exception as exc:  # noqa: BLE001 - ORT raises several types; nothing has been written yet
+                raise BackendError(f"the fp16 graphs converted from {engine.field} do not run on ONNX Runtime "
+                                   f"({type(exc).__name__}: {str(exc)[:200]}): try --conversion "
+                                   f"{'segflow' if used == 'modelopt' else 'modelopt'}, or keep fp32.") from exc
+        (Path(tmp) / card_path.name).write_text(json.dumps(card.to_dict(), indent=1, sort_keys=True))
+        for f in Path(tmp).iterdir():  # the graphs (and any external-data files) and the card, all or nothing
+            os.chmod(f, default_file_mode())
+            os.replace(f, field.parent / f.name)
+    return ConvertResult(field, encoder, card_path, used, errors)
