@@ -498,3 +498,25 @@ def test_shipped_model_device_resident_matches_cpu(ort_on_cpu, cp):
     np.testing.assert_allclose(dev.mean_sdf, cpu.mean_sdf, atol=1e-5)
     np.testing.assert_array_equal(dev.labels, cpu.labels)
     assert dev.labels.max() == cpu.labels.max() > 30  # the example's ~46 nuclei
+
+
+def test_shipped_model_as_a_plan_with_cuda_graphs_matches_cpu(cp, trt, tmp_path):
+    """`runtime build` of the shipped model (fake TensorRT, fp32) and `runtime segment --cuda-graph` on it: the
+    default batch fits the plan's profile, graphs replay, and the labels equal the CPU run's."""
+    import shutil
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[2]
+    for name in ("flowsdf-small-monuseg.onnx", "flowsdf-small-monuseg.encoder.onnx", "flowsdf-small-monuseg.card.json"):
+        shutil.copy(root / "models" / name, tmp_path / name)
+    example = root / "examples" / "monuseg_val_crop.png"
+    assert runtime_main(["build", "--onnx", str(tmp_path / "flowsdf-small-monuseg.onnx"), "--out",
+                         str(tmp_path / "f.plan"), "--precision", "fp32"]) == 0
+    assert runtime_main(["segment", "--engine", str(tmp_path / "flowsdf-small-monuseg.onnx"), str(example),
+                         "--out", str(tmp_path / "cpu"), "--backend", "cpu", "-q"]) == 0
+    assert runtime_main(["segment", "--engine", str(tmp_path / "f.plan"), str(example), "--out",
+                         str(tmp_path / "gpu"), "--cuda-graph", "-q"]) == 0
+    cpu, gpu = (tifffile.imread(tmp_path / d / "monuseg_val_crop_labels.tif") for d in ("cpu", "gpu"))
+    np.testing.assert_array_equal(gpu, cpu)
+    assert cpu.max() > 30 and cp.stats["graph_launches"] > 0
+    assert json.loads((tmp_path / "gpu" / "monuseg_val_crop.json").read_text())["backend"]["device_resident"]
