@@ -339,16 +339,14 @@ def _relative_error(reference: Path, converted: Path, tile: int, batch: int = 2)
     """Max |converted - reference| / max |reference| over the outputs, on random inputs, ONNX Runtime CPU."""
     import numpy as np
     import onnxruntime as ort
+    from segflow.runtime.backends.onnxrt import session_options
 
-    opts = ort.SessionOptions()
-    opts.log_severity_level = 3
-    ref, low = (ort.InferenceSession(str(p), opts, providers=["CPUExecutionProvider"]) for p in (reference, converted))
+    ref, low = (ort.InferenceSession(str(p), session_options(), providers=["CPUExecutionProvider"])
+                for p in (reference, converted))
     rng = np.random.default_rng(0)
     feed = {}
-    for arg in ref.get_inputs():
-        dims = list(arg.shape)
-        shape = [batch if i == 0 and not isinstance(d, int) else tile if not isinstance(d, int) else d
-                 for i, d in enumerate(dims)]
+    for arg in ref.get_inputs():  # dynamic dims: batch first, then the tile
+        shape = [d if isinstance(d, int) else batch if i == 0 else tile for i, d in enumerate(arg.shape)]
         feed[arg.name] = (rng.uniform(0.05, 0.95, shape) if arg.name == "t" else rng.standard_normal(shape)
                           ).astype(np.float32)
     worst = 0.0
@@ -375,16 +373,15 @@ def convert_engine(onnx_path: str | Path, out_onnx: str | Path, *, precision: st
     field, encoder, card_path = _onnx_paths(Path(out_onnx), engine.field)
     card = _card_for(engine)
     field.parent.mkdir(parents=True, exist_ok=True)
+    graphs = {"field": (engine.field, field), "encoder": (engine.encoder, encoder)}  # role -> (source, output)
     with tempfile.TemporaryDirectory(prefix=".segflow-convert-", dir=field.parent) as tmp:
-        staged = {}
-        for role, src, dst in (("field", engine.field, field), ("encoder", engine.encoder, encoder)):
-            staged[role] = Path(tmp) / dst.name
+        staged = {role: Path(tmp) / dst.name for role, (_src, dst) in graphs.items()}
+        for role, (src, _dst) in graphs.items():
             used = convert_precision(src, staged[role], precision, method=conversion)
         errors = {}
         if check:
             try:
-                errors = {role: _relative_error(src, staged[role], card.tile)
-                          for role, src in (("field", engine.field), ("encoder", engine.encoder))}
+                errors = {role: _relative_error(src, staged[role], card.tile) for role, (src, _dst) in graphs.items()}
             except Exception as exc:  # noqa: BLE001 - ORT raises several types; nothing has been written yet
                 raise BackendError(f"the fp16 graphs converted from {engine.field} do not run on ONNX Runtime "
                                    f"({type(exc).__name__}: {str(exc)[:200]}): try --conversion "
