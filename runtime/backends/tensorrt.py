@@ -102,6 +102,7 @@ class TensorRTBackend(Backend):
         self.runtime_cache: Path | None = None  # the file, once a TensorRT-RTX plan is active
         self.runtime_cache_state: str | None = None  # "loaded", "new" or "rejected"
         self._rt_cache: Any = None
+        self._rt_loaded = b""  # the cache file's bytes as loaded, so an unchanged cache is not rewritten
         self.info: PlanInfo | None = None
         self.trt: Any = None
         self.cp: Any = None
@@ -155,10 +156,12 @@ class TensorRTBackend(Backend):
         path = runtime_cache_path(self.path) if self._cache_choice is True else Path(self._cache_choice)
         config = engine.create_runtime_config()
         cache = config.create_runtime_cache()
-        state = "new"
+        state, self._rt_loaded = "new", b""
         if path.is_file():
             try:
-                state = "loaded" if cache.deserialize(path.read_bytes()) else "rejected"
+                blob = path.read_bytes()
+                state = "loaded" if cache.deserialize(blob) else "rejected"
+                self._rt_loaded = blob if state == "loaded" else b""
             except Exception:  # noqa: BLE001 - an unreadable cache only costs the compilation
                 state = "rejected"
         config.set_runtime_cache(cache)
@@ -169,6 +172,8 @@ class TensorRTBackend(Backend):
         path = self.runtime_cache
         try:
             data = bytes(self._rt_cache.serialize())
+            if data == self._rt_loaded:
+                return  # nothing compiled this run
             path.parent.mkdir(parents=True, exist_ok=True)
             with atomic_path(path) as tmp:
                 tmp.write_bytes(data)

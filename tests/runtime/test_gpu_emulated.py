@@ -291,8 +291,10 @@ def test_rtx_runtime_cache_keeps_compiled_kernels_between_runs(rtx_plan, models_
     assert runtime_main(["info", "--engine", str(plan), "--json"]) == 0
     cached = json.loads(capsys.readouterr().out)["graphs"]["field"]["runtime_cache"]
     assert cached == {"path": str(cache.resolve()), "bytes": cache.stat().st_size}
+    written = cache.stat().st_mtime_ns
     second = _run_plan(plan, cp, models_meta)  # a later process: the kernels come from the cache
     assert second.runtime_cache_state == "loaded" and rtx.jit_compiles == 2
+    assert cache.stat().st_mtime_ns == written  # nothing new compiled, so the file is not rewritten
 
     other = make_fake_cupy(gpu_name="NVIDIA GeForce RTX 4090", compute_capability=(8, 9))
     monkeypatch.setitem(sys.modules, "cupy", other)  # same plan on another GPU: TensorRT-RTX rejects the cache
