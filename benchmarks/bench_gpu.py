@@ -38,6 +38,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from _common import export_random
 
 K, NFE = 4, 4
 OUT = Path(__file__).resolve().parent / "results"
@@ -118,21 +119,6 @@ def model_flops(cfg, tile: int) -> tuple[float, float]:
             model.field(x, t, feats)
         field = fc.get_total_flops()
     return enc / 1e9, field / 1e9
-
-
-def export_net(cfg, tile: int, tmp: Path):
-    import torch
-    from segflow.export.onnx import export_model
-    from segflow.trainer.nets import SegModel
-
-    from segflow.card import ModelCard
-
-    torch.manual_seed(0)
-    model = SegModel(cfg).eval()
-    card = ModelCard(preset=cfg.name, tile=tile, in_channels=cfg.in_channels, feature_channels=cfg.base,
-                     threshold=0.03)
-    export_model(model, card, tmp / "net.onnx", check=False)
-    return model
 
 
 def fp16_copy(tmp: Path) -> Path:
@@ -228,7 +214,7 @@ def main(argv: list[str] | None = None) -> int:
     image_tiles = None
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
-        model = export_net(cfg, tile, tmp)
+        model = export_random(cfg, tile, tmp / "net.onnx", threshold=0.03)
         for name, t in torch_samplers(model, args.reps, tile, target).items():
             rows[name] = {"patch_s": t}
         # device noise: a CuPy generator per batch and renoising iteration (its cuRAND state set-up included);

@@ -40,7 +40,7 @@ import time
 from pathlib import Path
 
 import numpy as np
-from _common import default_engine
+from _common import default_engine, export_random
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "benchmarks" / "results"
@@ -149,16 +149,9 @@ def build_reference(card, paths, checkpoint: str | None):
 
 def export_random_lite(tmp: Path, tile: int) -> Path:
     """Export a random `lite` model (tile ``tile``) to ``tmp`` and return its field graph."""
-    import torch
-    from segflow.export.onnx import export_model
-    from segflow.trainer.nets import NetConfig, SegModel
+    from segflow.trainer.nets import NetConfig
 
-    from segflow.card import ModelCard
-
-    cfg = NetConfig.from_name("lite", in_channels=3)
-    torch.manual_seed(0)
-    card = ModelCard(kind="flowsdf", preset="lite", tile=tile, in_channels=3, feature_channels=cfg.base)
-    export_model(SegModel(cfg).eval(), card, tmp / "random-lite.onnx", check=False)
+    export_random(NetConfig.from_name("lite", in_channels=3), tile, tmp / "random-lite.onnx")
     return tmp / "random-lite.onnx"
 
 
