@@ -257,7 +257,7 @@ def open_segmenter(engine: str | Path, *, backend: str = "auto", cuda_graph: boo
     * ``.plan`` engines (or ``backend="tensorrt"``): :class:`DeviceSegmenter` on TensorRT (needs CuPy);
     * ``.onnx`` engines with ``backend`` ``"cuda"`` or ``"auto"``, when this onnxruntime has the CUDA provider
       and CuPy sees a GPU: :class:`DeviceSegmenter` on ONNX Runtime CUDA with I/O binding (``"auto"`` falls
-      back to the host Segmenter if the provider cannot start; ``"cuda"`` without CuPy runs the host sampler
+      back to the host Segmenter on the CPU if the provider cannot start; ``"cuda"`` without CuPy runs the host sampler
       on the CUDA provider);
     * otherwise the host :class:`~segflow.runtime.session.Segmenter`.
 
@@ -286,4 +286,5 @@ def open_segmenter(engine: str | Path, *, backend: str = "auto", cuda_graph: boo
             except BackendError:
                 if backend == "cuda":
                     raise
+                return Segmenter(engine, backend="cpu", **kwargs)  # the CUDA provider just failed to start
     return Segmenter(engine, backend=backend, **kwargs)

@@ -395,6 +395,24 @@ def test_open_segmenter_picks_the_device_path(plan, blur_copy, cp, trt, monkeypa
         assert type(seg) is gpu.DeviceSegmenter and seg.backend_info["name"] == "onnxruntime-cuda"
 
 
+@pytest.mark.filterwarnings("ignore:Specified provider 'CUDAExecutionProvider'")
+def test_open_segmenter_falls_back_to_the_cpu_once_when_cuda_cannot_start(blur_copy, cp, monkeypatch):
+    """onnxruntime lists the CUDA provider and CuPy sees a GPU, but the provider fails to start: ``auto`` runs
+    the host Segmenter on the CPU without starting the CUDA provider a second time; ``cuda`` reports it."""
+    from segflow.runtime import gpu
+    from segflow.runtime.backends import onnxrt
+
+    asked = []
+    real = onnxrt.providers_for
+    monkeypatch.setattr(onnxrt, "available_providers", lambda: ["CUDAExecutionProvider", "CPUExecutionProvider"])
+    monkeypatch.setattr(onnxrt, "providers_for", lambda device: asked.append(device) or real(device))
+    with gpu.open_segmenter(blur_copy, threads=1, **KW) as seg:  # this onnxruntime cannot start CUDA
+        assert type(seg) is Segmenter and seg.backend_info["providers"] == ["CPUExecutionProvider"]
+    assert asked == ["cuda", "cpu", "cpu"]  # one failed CUDA start, then the field and encoder on the CPU
+    with pytest.raises(BackendError, match="could not start"):
+        gpu.open_segmenter(blur_copy, backend="cuda", threads=1, **KW)
+
+
 def test_segment_cli_on_a_plan_matches_cpu(plan, blur_copy, cp, trt, tmp_path, capsys):
     img = tmp_path / "img.tif"
     tifffile.imwrite(img, _image())
