@@ -30,7 +30,8 @@ from pathlib import Path
 # class (None: the module itself) -> names segflow uses on it. Both libraries unless marked in RTX_ONLY.
 API: dict[str | None, tuple[str, ...]] = {
     None: ("__version__", "Logger", "Builder", "OnnxParser", "Runtime", "NetworkDefinitionCreationFlag",
-           "MemoryPoolType", "TensorIOMode", "nptype", "ComputeCapability"),
+           "MemoryPoolType", "TensorIOMode", "nptype", "ComputeCapability", "CudaGraphStrategy"),
+    "CudaGraphStrategy": ("WHOLE_GRAPH_CAPTURE",),
     "Logger": ("WARNING",),
     "NetworkDefinitionCreationFlag": ("STRONGLY_TYPED",),
     "MemoryPoolType": ("WORKSPACE",),
@@ -49,7 +50,7 @@ API: dict[str | None, tuple[str, ...]] = {
     "ICudaEngine": ("num_io_tensors", "get_tensor_name", "get_tensor_dtype", "get_tensor_shape", "get_tensor_mode",
                     "get_tensor_profile_shape", "create_execution_context", "create_runtime_config"),
     "IExecutionContext": ("set_input_shape", "set_tensor_address", "get_tensor_shape", "execute_async_v3"),
-    "IRuntimeConfig": ("create_runtime_cache", "set_runtime_cache"),
+    "IRuntimeConfig": ("create_runtime_cache", "set_runtime_cache", "cuda_graph_strategy"),
     "IRuntimeCache": ("serialize", "deserialize"),
 }
 # Used only when the library is tensorrt_rtx (segflow checks with hasattr/library_name before using them).
@@ -57,7 +58,8 @@ RTX_ONLY = {(None, "ComputeCapability"), ("IBuilderConfig", "num_compute_capabil
             ("IBuilderConfig", "set_compute_capability"), ("IBuilderConfig", "get_compute_capability"),
             ("Runtime", "get_engine_validity"), ("ICudaEngine", "create_runtime_config"),
             ("IRuntimeConfig", "create_runtime_cache"), ("IRuntimeConfig", "set_runtime_cache"),
-            ("IRuntimeCache", "serialize"), ("IRuntimeCache", "deserialize")}
+            ("IRuntimeCache", "serialize"), ("IRuntimeCache", "deserialize"), (None, "CudaGraphStrategy"),
+            ("CudaGraphStrategy", "WHOLE_GRAPH_CAPTURE"), ("IRuntimeConfig", "cuda_graph_strategy")}
 
 
 def _rows():

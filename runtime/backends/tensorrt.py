@@ -9,9 +9,15 @@ deserialisation. Inference uses the name-based API (``set_input_shape``, ``set_t
 * ``infer(feed, to_host=False)`` takes numpy or CuPy inputs and returns CuPy arrays that stay on the device;
   output buffers are reused between calls of the same shape — copy what you keep.
 * Inputs outside the plan's optimisation profile raise a :class:`BackendError` naming the rebuild command.
-* ``cuda_graph=True`` captures ``execute_async_v3`` into a CUDA graph per input-shape signature after one
-  warm-up run (inputs are copied into fixed buffers, since a graph fixes tensor addresses); if capture fails
-  the backend falls back to plain launches.
+* ``cuda_graph=True`` replays each input-shape signature from a CUDA graph. Inputs are copied into fixed
+  buffers per signature, since a graph fixes tensor addresses. With full TensorRT the backend captures
+  ``execute_async_v3`` itself, on the second call of a signature (the first is the warm-up TensorRT asks for),
+  and gives every captured signature an execution context of its own: a captured graph is tied to the input
+  shapes its context had at capture, so contexts are never switched between shapes under a graph (each extra
+  context holds its own activation memory). With TensorRT-RTX (1.2 and later) the library captures and replays
+  per shape itself (``IRuntimeConfig.cuda_graph_strategy = WHOLE_GRAPH_CAPTURE``): application stream capture
+  of an RTX plan needs plans built with ``REQUIRE_USER_ALLOCATION`` and does not mix with its just-in-time,
+  shape-specialised kernels. If capture fails the backend warns and falls back to plain launches.
 * TensorRT-RTX compiles its kernels for the GPU at first use (just in time). The backend keeps them in a
   runtime cache file, ``NAME.plan.rtcache`` beside the plan, or under ``$XDG_CACHE_HOME/segflow`` (default
   ``~/.cache/segflow``) when the plan's folder is read-only: loaded when the execution context is created, saved
@@ -85,7 +91,7 @@ class TensorRTBackend(Backend):
     path : str or Path
         The ``.plan`` file (its build record ``.plan.json`` beside it).
     cuda_graph : bool
-        Capture each input-shape signature into a CUDA graph after a warm-up run.
+        Replay each input-shape signature from a CUDA graph (see the module docstring).
     runtime_cache : bool or str or Path
         TensorRT-RTX runtime cache: True (default) for :func:`runtime_cache_path`, a path, or False for none.
     """
@@ -110,9 +116,11 @@ class TensorRTBackend(Backend):
         self._inputs: dict[str, TensorMeta] = {}
         self._outputs: dict[str, TensorMeta] = {}
         self._profile: dict[str, tuple[tuple[int, ...], tuple[int, ...]]] = {}
-        self._out_buffers: dict[str, Any] = {}
-        self._graphs: dict[tuple, tuple[Any, dict[str, Any]]] = {}
-        self._warm: set[tuple] = set()
+        self._out_buffers: dict[tuple, Any] = {}  # (output name, shape) -> reused device buffer
+        self.graph_mode: str | None = None  # "capture" (segflow captures) or "tensorrt_rtx" (the library does)
+        self._graphs: dict[tuple, tuple[Any, dict[str, Any]]] = {}  # signature -> (graph, its output buffers)
+        self._contexts: dict[tuple, Any] = {}  # signature -> its own execution context ("capture" mode)
+        self._static: dict[tuple, dict[str, Any]] = {}  # signature -> fixed input buffers (graph modes)
         self._keep: list[Any] = []
 
     # -- activation ------------------------------------------------------------------------------------------
@@ -125,6 +133,9 @@ class TensorRTBackend(Backend):
             warnings.warn(w, RuntimeWarning, stacklevel=3)
         self.cp = require("cupy", "segflow[gpu]", "running TensorRT plans")
         self.trt = trt
+        if self.cuda_graph:
+            native = self.info.library == "tensorrt_rtx" and hasattr(trt, "CudaGraphStrategy")
+            self.graph_mode = "tensorrt_rtx" if native else "capture"
         runtime = trt.Runtime(trt.Logger(trt.Logger.WARNING))
         data = self.path.read_bytes()
         if hasattr(runtime, "get_engine_validity"):
@@ -149,12 +160,18 @@ class TensorRTBackend(Backend):
 
     def _runtime_config(self, engine: Any) -> Any:
         """TensorRT-RTX: a runtime configuration whose runtime cache holds the JIT-compiled kernels, loaded from
-        the cache file when it exists (module docstring); None for full TensorRT or with the cache off."""
-        if self.info.library != "tensorrt_rtx" or self._cache_choice is False \
-                or not hasattr(engine, "create_runtime_config"):
+        the cache file when it exists, and which asks for the library's own CUDA graphs under ``cuda_graph``
+        (module docstring); None for full TensorRT, or with the cache and graphs off."""
+        native = self.graph_mode == "tensorrt_rtx"
+        if self.info.library != "tensorrt_rtx" or not hasattr(engine, "create_runtime_config") \
+                or (self._cache_choice is False and not native):
             return None
-        path = runtime_cache_path(self.path) if self._cache_choice is True else Path(self._cache_choice)
         config = engine.create_runtime_config()
+        if native:
+            config.cuda_graph_strategy = self.trt.CudaGraphStrategy.WHOLE_GRAPH_CAPTURE
+        if self._cache_choice is False:
+            return config
+        path = runtime_cache_path(self.path) if self._cache_choice is True else Path(self._cache_choice)
         cache = config.create_runtime_cache()
         state, self._rt_loaded = "new", b""
         if path.is_file():
@@ -202,6 +219,8 @@ class TensorRTBackend(Backend):
             self._save_runtime_cache()
             self._rt_cache = None
         self._graphs.clear()
+        self._contexts.clear()
+        self._static.clear()
         self._out_buffers.clear()
         self._keep = []
         self.context = self.engine = self.stream = None
@@ -223,8 +242,8 @@ class TensorRTBackend(Backend):
                 out[name] = cp.ascontiguousarray(cp.asarray(arr, dtype=meta.dtype))
         return out
 
-    def _bind(self, inputs: dict[str, Any]) -> dict[str, Any]:
-        cp, ctx = self.cp, self.context
+    def _bind(self, ctx: Any, inputs: dict[str, Any]) -> dict[str, Any]:
+        cp = self.cp
         for name, arr in inputs.items():
             if not ctx.set_input_shape(name, tuple(arr.shape)):
                 raise BackendError(f"plan {self.path} rejected input {name!r} of shape {list(arr.shape)}: "
@@ -233,53 +252,77 @@ class TensorRTBackend(Backend):
         outs = {}
         for name, meta in self._outputs.items():
             shape = tuple(int(d) for d in ctx.get_tensor_shape(name))
-            buf = self._out_buffers.get(name)
-            if buf is None or buf.shape != shape:
+            buf = self._out_buffers.get((name, shape))
+            if buf is None:
                 with self.stream:
-                    buf = cp.empty(shape, dtype=meta.dtype)
-                self._out_buffers[name] = buf
+                    buf = self._out_buffers[(name, shape)] = cp.empty(shape, dtype=meta.dtype)
             ctx.set_tensor_address(name, int(buf.data.ptr))
             outs[name] = buf
         return outs
 
-    def _launch(self, inputs: dict[str, Any]) -> dict[str, Any]:
-        key = tuple((n, tuple(a.shape)) for n, a in sorted(inputs.items()))
-        if self.cuda_graph and key in self._graphs:
-            graph, static = self._graphs[key]
-            with self.stream:  # copies into the captured addresses, ordered before the launch on this stream
-                for name, arr in inputs.items():
-                    static["in"][name][...] = arr
-            graph.launch(self.stream)
-            return static["out"]
-        outs = self._bind(inputs)
-        if not self.context.execute_async_v3(self.stream.ptr):
+    def _run(self, ctx: Any, inputs: dict[str, Any]) -> dict[str, Any]:
+        outs = self._bind(ctx, inputs)
+        if not ctx.execute_async_v3(self.stream.ptr):
             raise BackendError(f"{self.info.library} failed to run plan {self.path} (see the log above).")
-        if self.cuda_graph:
-            self._maybe_capture(key, inputs, outs)
         return outs
 
-    def _maybe_capture(self, key: tuple, inputs: dict[str, Any], outs: dict[str, Any]) -> None:
-        if key not in self._warm:  # first run of this shape is the warm-up, not captured
-            self._warm.add(key)
-            return
-        cp, ctx = self.cp, self.context
+    def _launch(self, inputs: dict[str, Any]) -> dict[str, Any]:
+        if self.graph_mode is None:
+            return self._run(self.context, inputs)
+        key = tuple((n, tuple(a.shape)) for n, a in sorted(inputs.items()))
+        static = self._static.get(key)
+        with self.stream:  # fixed addresses per signature, as a graph needs; ordered before the run on the stream
+            if static is None:
+                static = self._static[key] = {n: a.copy() for n, a in inputs.items()}
+            else:
+                for name, arr in inputs.items():
+                    static[name][...] = arr
+        if self.graph_mode == "tensorrt_rtx":  # the library captures and replays each shape itself
+            return self._run(self.context, static)
+        if key in self._graphs:
+            graph, outs = self._graphs[key]
+            graph.launch(self.stream)
+            return outs
+        ctx = self._contexts.get(key)
+        if ctx is None:  # first call of this signature: the warm-up run, on the context it will be captured on
+            ctx = self.context if not self._contexts else self.engine.create_execution_context()
+            self._contexts[key] = ctx
+            return self._run(ctx, static)
+        captured = self._capture(ctx, static)
+        if captured is None:
+            return self._run(self.context, static)
+        self._graphs[key] = captured
+        graph, outs = captured
+        graph.launch(self.stream)
+        return outs
+
+    def _capture(self, ctx: Any, static: dict[str, Any]) -> tuple[Any, dict[str, Any]] | None:
+        """Capture one ``execute_async_v3`` of ``ctx`` on the fixed buffers; None (plain launches from now on)
+        if the capture fails."""
+        cp = self.cp
         with self.stream:
-            static_in = {n: a.copy() for n, a in inputs.items()}
-            static_out = {n: cp.empty_like(b) for n, b in outs.items()}  # graph-owned, never reallocated
-        for n, a in (*static_in.items(), *static_out.items()):
-            ctx.set_tensor_address(n, int(a.data.ptr))
+            outs = {n: cp.empty(tuple(int(d) for d in ctx.get_tensor_shape(n)), dtype=m.dtype)
+                    for n, m in self._outputs.items()}  # owned by the graph, never reallocated
+        for name, arr in (*static.items(), *outs.items()):
+            ctx.set_tensor_address(name, int(arr.data.ptr))
+        self.stream.synchronize()  # the warm-up run has finished before capture begins
         try:
             self.stream.begin_capture()
-            ctx.execute_async_v3(self.stream.ptr)
+            ok = ctx.execute_async_v3(self.stream.ptr)
             graph = self.stream.end_capture()
+            if not ok:
+                raise BackendError("execute_async_v3 refused to run under stream capture")
         except Exception as exc:  # noqa: BLE001 - capture is an optimisation; keep running without it
             if self.stream.is_capturing():
                 self.stream.end_capture()
             warnings.warn(f"CUDA graph capture failed for {self.path} ({exc}); running without graphs.",
-                          RuntimeWarning, stacklevel=4)
-            self.cuda_graph = False
-            return
-        self._graphs[key] = (graph, {"in": static_in, "out": static_out})
+                          RuntimeWarning, stacklevel=5)
+            self.cuda_graph, self.graph_mode = False, None
+            self._contexts.clear()
+            self._graphs.clear()
+            self._static.clear()
+            return None
+        return graph, outs
 
     def _infer(self, feed: dict[str, Any], to_host: bool) -> dict[str, Any]:
         cp = self.cp
@@ -307,6 +350,6 @@ class TensorRTBackend(Backend):
         return {"name": self.name, "library": info.library if info else None,
                 "version": info.trt_version if info else None, "precision": info.precision if info else None,
                 "gpu": info.gpu_name if info else None, "cuda_graph": self.cuda_graph,
-                "max_batch": self.max_batch if self._profile else None,
+                "cuda_graph_mode": self.graph_mode, "max_batch": self.max_batch if self._profile else None,
                 "runtime_cache": str(self.runtime_cache) if self.runtime_cache else None,
                 "runtime_cache_state": self.runtime_cache_state}

@@ -11,10 +11,17 @@ context follows TensorRT's name-based API (``set_input_shape``, ``set_tensor_add
 Runtime on the CPU and writes the outputs to the bound addresses, submitted on the given stream of the fake
 CuPy (``tests/runtime/fake_cupy.py``), so CUDA-graph capture records it and replays it with the addresses of
 capture time; each run reports the memory it reads and writes to the fake CuPy's stream-ordering check.
-``module.executions`` counts the graph runs. Named ``tensorrt_rtx``, it also models TensorRT-RTX's just-in-time
-kernels: a run with a new input-shape signature compiles (``module.jit_compiles``) unless the execution
-context's runtime cache (``ICudaEngine.create_runtime_config``) holds it; the cache serialises with the GPU's
-name and refuses a blob from another GPU, as the real one validates its environment.
+``module.executions`` counts the graph runs. A captured graph is tied to the input shapes its execution context
+had at capture (NVIDIA: re-capture when they change); a replay after that context's shapes changed is recorded in
+``module.misuse``, which the tests require to stay empty. Named ``tensorrt_rtx``, it also models TensorRT-RTX's
+just-in-time kernels: a run with a new input-shape signature compiles (``module.jit_compiles``) unless the
+execution context's runtime cache (``ICudaEngine.create_runtime_config``) holds it; the cache serialises with the
+GPU's name and refuses a blob from another GPU, as the real one validates its environment. Its CUDA graphs follow
+RTX 1.2+: application stream capture fails (``is_stream_capturable`` is False for plans built without
+``REQUIRE_USER_ALLOCATION``, which segflow does not set), and ``IRuntimeConfig.cuda_graph_strategy =
+WHOLE_GRAPH_CAPTURE`` makes the context capture and replay internally per shape signature and tensor addresses
+(``module.native_captures`` / ``native_replays``; that changed addresses force a new capture is this model's
+conservative assumption).
 """
 
 from __future__ import annotations
@@ -66,6 +73,10 @@ def _runtime_api(mod: types.ModuleType) -> None:
                 "tensor(int32)": DataType.INT32, "tensor(bool)": DataType.BOOL}
     mod.executions = 0
     mod.jit_compiles = 0  # kernels compiled at run time (TensorRT-RTX), one per new input-shape signature
+    mod.misuse: list[str] = []  # documented API contracts broken (module docstring)
+    mod.native_captures = mod.native_replays = 0  # TensorRT-RTX's own CUDA graphs
+    rtx = mod.__name__ == "tensorrt_rtx"
+    CudaGraphStrategy = enum.IntEnum("CudaGraphStrategy", {"DISABLED": 0, "WHOLE_GRAPH_CAPTURE": 1})
 
     class RuntimeCache:
         """TensorRT-RTX's runtime cache: compiled kernels by shape signature, valid only for the same GPU."""
@@ -92,6 +103,7 @@ def _runtime_api(mod: types.ModuleType) -> None:
     class RuntimeConfig:
         def __init__(self):
             self.cache = None
+            self.cuda_graph_strategy = CudaGraphStrategy.DISABLED
 
         def create_runtime_cache(self):
             return RuntimeCache()
@@ -107,6 +119,13 @@ def _runtime_api(mod: types.ModuleType) -> None:
         def __init__(self, engine, runtime_config=None):
             self.engine, self.shapes, self.addresses = engine, {}, {}
             self.cache = runtime_config.cache if runtime_config is not None else None
+            self.native_graphs = runtime_config is not None \
+                and runtime_config.cuda_graph_strategy == CudaGraphStrategy.WHOLE_GRAPH_CAPTURE
+            self.captured: set[str] = set()  # TensorRT-RTX's own graphs: shape signature + tensor addresses
+
+        if rtx:  # TensorRT-RTX 1.2+; capturable only for plans built with REQUIRE_USER_ALLOCATION
+            def is_stream_capturable(self, stream_handle):
+                return False
 
         def set_input_shape(self, name, shape):
             lo, _opt, hi = self.engine.get_tensor_profile_shape(name, 0)
@@ -130,14 +149,27 @@ def _runtime_api(mod: types.ModuleType) -> None:
             if set(self.shapes) != set(self.engine.inputs):
                 return False
             addresses, shapes, eng = dict(self.addresses), dict(self.shapes), self.engine
-            if mod.__name__ == "tensorrt_rtx":
+            if sys.modules["cupy"].cuda.streams[int(stream_handle)].is_capturing() \
+                    and rtx and not self.is_stream_capturable(stream_handle):
+                return False
+            if rtx:
                 signature = json.dumps(sorted(shapes.items()))
                 if self.cache is None or signature not in self.cache.kernels:
                     mod.jit_compiles += 1
                     if self.cache is not None:
                         self.cache.kernels.add(signature)
+                if self.native_graphs:
+                    graph = signature + json.dumps(sorted(addresses.items()))
+                    if graph in self.captured:
+                        mod.native_replays += 1
+                    else:
+                        mod.native_captures += 1
+                        self.captured.add(graph)
 
             def op():
+                if self.shapes != shapes:  # only a graph replay runs after the context has moved on
+                    mod.misuse.append(f"CUDA graph replayed after its execution context's input shapes changed "
+                                      f"(captured with {shapes}, context now {self.shapes})")
                 feed = {n: _read(addresses[n], shapes[n], eng.np_dtype(n)) for n in eng.inputs}
                 outs = [v.astype(eng.np_dtype(n), copy=False)
                         for n, v in zip(eng.outputs, eng.session.run(eng.outputs, feed), strict=True)]
@@ -186,7 +218,7 @@ def _runtime_api(mod: types.ModuleType) -> None:
         def create_execution_context(self, runtime_config=None):
             return Context(self, runtime_config)
 
-        if mod.__name__ == "tensorrt_rtx":
+        if rtx:
             def create_runtime_config(self):
                 return RuntimeConfig()
 
@@ -203,8 +235,8 @@ def _runtime_api(mod: types.ModuleType) -> None:
 
     mod.DataType, mod.TensorIOMode, mod.Runtime = DataType, TensorIOMode, Runtime
     mod.ICudaEngine, mod.IExecutionContext = Engine, Context
-    if mod.__name__ == "tensorrt_rtx":
-        mod.IRuntimeConfig, mod.IRuntimeCache = RuntimeConfig, RuntimeCache
+    if rtx:
+        mod.IRuntimeConfig, mod.IRuntimeCache, mod.CudaGraphStrategy = RuntimeConfig, RuntimeCache, CudaGraphStrategy
     mod.nptype = lambda dt: to_np[DataType(int(dt))]
 
 

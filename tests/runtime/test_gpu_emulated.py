@@ -39,7 +39,10 @@ def cp(monkeypatch):
 
 @pytest.fixture
 def trt(install_fake_trt, cp):
-    return install_fake_trt(executable=True)
+    """The executable fake TensorRT; the test fails if it saw a documented API contract broken."""
+    mod = install_fake_trt(executable=True)
+    yield mod
+    assert mod.misuse == [], "\n".join(mod.misuse[:5])
 
 
 @pytest.fixture
@@ -245,9 +248,24 @@ def test_tensorrt_cuda_graph_capture_and_replay(plan, cp, trt, models_meta):
         outs = [cp.asnumpy(b.infer({k: cp.asarray(v) for k, v in f.items()}, to_host=False)["out"])
                 for f in feeds]
     assert cp.stats["captures"] == 1  # first call warms up, the second captures
-    assert cp.stats["graph_launches"] == 2 and trt.executions == 4  # calls 3 and 4 replay the graph
+    assert cp.stats["graph_launches"] == 3 and trt.executions == 4  # calls 2-4 run the graph
     for f, o in zip(feeds, outs, strict=True):  # replays read the new inputs copied into the captured buffers
         np.testing.assert_allclose(o, _reference(models_meta, f), atol=1e-5)
+
+
+def test_tensorrt_cuda_graphs_for_alternating_shapes(plan, cp, trt, models_meta):
+    """The sampler alternates full and remainder batches. Each shape gets its own graph and execution context,
+    so no graph replays on a context whose input shapes were changed since capture (the fixture fails on it)."""
+    from segflow.runtime.backends.tensorrt import TensorRTBackend
+
+    feeds = [_feed(n, np.random.default_rng(i)) for i, n in enumerate((4, 2) * 3)]
+    with TensorRTBackend(plan, cuda_graph=True) as b:
+        for f in feeds:
+            out = b.infer({k: cp.asarray(v) for k, v in f.items()}, to_host=False)["out"]
+            np.testing.assert_allclose(cp.asnumpy(out), _reference(models_meta, f), atol=1e-5)
+        assert len(b._contexts) == 2 and b._contexts[next(iter(b._contexts))] is b.context
+        assert b.describe()["cuda_graph_mode"] == "capture"
+    assert cp.stats["captures"] == 2 and cp.stats["graph_launches"] == 4 and trt.executions == 6
 
 
 @pytest.fixture
@@ -265,13 +283,14 @@ def rtx_plan(blur_copy, monkeypatch):
                             builder="tensorrt_rtx").field
     yield plan, mod, cp
     assert cp.races == [], "stream-ordering races:\n" + "\n".join(cp.races[:5])
+    assert mod.misuse == [], "\n".join(mod.misuse[:5])
 
 
-def _run_plan(plan, cp, models_meta, **kw):
+def _run_plan(plan, cp, models_meta, sizes=(4, 2), **kw):
     from segflow.runtime.backends.tensorrt import TensorRTBackend
 
     with TensorRTBackend(plan, **kw) as b:
-        for n in (4, 2):
+        for n in sizes:
             feed = _feed(n)
             out = b.infer({k: cp.asarray(v) for k, v in feed.items()}, to_host=False)["out"]
             np.testing.assert_allclose(cp.asnumpy(out), _reference(models_meta, feed), atol=1e-5)
@@ -323,6 +342,29 @@ def test_rtx_runtime_cache_location_and_save_failure(rtx_plan, models_meta, monk
     blocked.mkdir()
     with pytest.warns(RuntimeWarning, match="could not save the TensorRT-RTX runtime cache .*compiles the kernels"):
         _run_plan(plan, cp, models_meta, runtime_cache=blocked)  # the run itself completes
+
+
+@pytest.mark.parametrize("runtime_cache", [True, False])
+def test_rtx_cuda_graphs_are_the_librarys_own(rtx_plan, models_meta, runtime_cache):
+    """TensorRT-RTX captures and replays per shape itself: segflow does no stream capture, and the fixed input
+    buffers per shape keep the tensor addresses the library captured with (new inputs every call)."""
+    plan, rtx, cp = rtx_plan
+    b = _run_plan(plan, cp, models_meta, sizes=(4, 2) * 3, cuda_graph=True, runtime_cache=runtime_cache)
+    assert b.describe()["cuda_graph_mode"] == "tensorrt_rtx" and b.cuda_graph
+    assert cp.stats["captures"] == 0 and cp.stats["graph_launches"] == 0
+    assert rtx.native_captures == 2 and rtx.native_replays == 4
+    assert (b.runtime_cache is not None) is runtime_cache
+
+
+def test_rtx_without_graph_strategy_falls_back_when_capture_is_refused(rtx_plan, models_meta):
+    """A TensorRT-RTX before 1.2 has no CudaGraphStrategy, so segflow tries stream capture; an RTX plan refuses
+    to run under capture, and the backend warns and keeps running without graphs, with correct outputs."""
+    plan, rtx, cp = rtx_plan
+    del rtx.CudaGraphStrategy
+    with pytest.warns(RuntimeWarning, match="CUDA graph capture failed .*refused to run under stream capture"):
+        b = _run_plan(plan, cp, models_meta, sizes=(4, 4, 4), cuda_graph=True)
+    assert not b.cuda_graph and b.describe()["cuda_graph_mode"] is None
+    assert cp.stats["graph_launches"] == 0 and rtx.native_captures == 0
 
 
 def test_full_tensorrt_has_no_runtime_cache(plan, cp, models_meta):

@@ -52,7 +52,7 @@ def test_fake_has_every_required_name_and_a_removed_one_is_reported(check, insta
     assert len(rows) == sum(len(v) for v in check.API.values())
     assert all(present for _q, required, present in rows if required)
     assert check.main([]) == 0
-    assert "42/42 required names found" in capsys.readouterr().out  # 52 names, 10 used only with tensorrt_rtx
+    assert "42/42 required names found" in capsys.readouterr().out  # 55 names, 13 used only with tensorrt_rtx
 
     del fake.IExecutionContext.execute_async_v3
     assert check.main([]) == 1
