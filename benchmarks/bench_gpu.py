@@ -217,7 +217,7 @@ def main(argv: list[str] | None = None) -> int:
         model = export_random(cfg, tile, tmp / "net.onnx", threshold=0.03)
         for name, t in torch_samplers(model, args.reps, tile, target).items():
             rows[name] = {"patch_s": t}
-        # device noise: a CuPy generator per batch and renoising iteration (its cuRAND state set-up included);
+        # device noise: one CuPy generator per group of tiles (its cuRAND state set-up included);
         # fp16: the graph converted by the runtime's cast pass (what `runtime build --precision fp16` feeds
         # TensorRT), run by ONNX Runtime — the fast path where no TensorRT library can be installed
         runs = [(target.ort_label, tmp / "net.onnx", {}),

@@ -5,8 +5,8 @@ The runtime's integrators (:mod:`segflow.runtime.integrators`) and FlowSDF sampl
 CuPy (``xp=cupy``) and the backends return device arrays (``infer(..., to_host=False)``): the TensorRT backend
 or ONNX Runtime's CUDA provider with I/O binding. Tiles are normalised on the host and uploaded once; the
 encoder runs once per tile; the K samples' noise is uploaded (``noise="host"``: bit-identical to the CPU
-sampler's seeded noise) or drawn on the device (``noise="device"``: CuPy's generator, reproducible for the same
-batching); tiles are blended into device canvases, and the mean SDF, spread and foreground probability are
+sampler's seeded noise) or drawn on the device (``noise="device"``: one CuPy generator per group of tiles, reproducible
+for the same batching); tiles are blended into device canvases, and the mean SDF, spread and foreground probability are
 reduced on the device. Only the final maps come back to the host.
 
 Every function also runs with ``xp=numpy`` and CPU backends — the tests check it against the CPU sampler
@@ -87,14 +87,23 @@ class DeviceFlowSDFSampler(FlowSDFSampler):
         self.xp = xp if xp is not None else require("cupy", "segflow[gpu]", "device-resident sampling")
         self.noise = noise
 
-    def _noise(self, seed: int, indices: list[int], chunk: list[tuple[int, int]], size: int, it: int) -> Any:
+    def _noise(self, rng: Any, seed: int, indices: list[int], chunk: list[tuple[int, int]], size: int, it: int
+               ) -> Any:
         xp = self.xp
-        if self.noise == "host":
+        if rng is None:
             return xp.asarray(np.stack([tile_noise(seed, indices[i], k, (1, size, size), iteration=it)
                                         for i, k in chunk]))
-        ids = [v for i, k in chunk for v in (indices[i], k)]
-        state = int(np.random.SeedSequence([int(seed), int(it), *ids]).generate_state(1, np.uint64)[0])
-        return xp.random.default_rng(state).standard_normal((len(chunk), 1, size, size), dtype=xp.float32)
+        return rng.standard_normal((len(chunk), 1, size, size), dtype=xp.float32)
+
+    def _device_rng(self, seed: int, indices: list[int]) -> Any:
+        """One device generator per call of :meth:`sample_device`, seeded by the seed and the group's tiles.
+
+        Drawn in a fixed order (batch by batch, the start noise and then each renoising), so the same seed, tiles
+        and batch size give the same noise. One per call rather than per batch and iteration: setting up
+        cuRAND's states is much dearer than drawing from them (its performance notes advise keeping states).
+        """
+        state = int(np.random.SeedSequence([int(seed), *map(int, indices)]).generate_state(1, np.uint64)[0])
+        return self.xp.random.default_rng(state)
 
     def sample_device(self, images: NDArray[np.float32], indices: list[int], stats: SamplerStats | None = None,
                       *, seed: int | None = None) -> Any:
@@ -110,15 +119,16 @@ class DeviceFlowSDFSampler(FlowSDFSampler):
         n, size = images.shape[0], images.shape[-1]
         pairs = [(i, k) for i in range(n) for k in range(s.samples)]
         out = xp.empty((n, s.samples, size, size), dtype=xp.float32)
+        rng = self._device_rng(seed, indices) if self.noise == "device" else None
         for lo in range(0, len(pairs), s.batch):
             chunk = pairs[lo:lo + s.batch]
             rows, ks = xp.asarray([i for i, _ in chunk]), xp.asarray([k for _, k in chunk])
             f = DeviceField(self.field, xp.ascontiguousarray(feats[rows]), xp)
             t0 = time.perf_counter()
-            x1 = flowsdf_sample(f, self._noise(seed, indices, chunk, size, 0), steps=s.steps, method=s.method,
-                                noise_iterations=s.noise_iterations, renoise_t=s.renoise_t,
+            x1 = flowsdf_sample(f, self._noise(rng, seed, indices, chunk, size, 0), steps=s.steps,
+                                method=s.method, noise_iterations=s.noise_iterations, renoise_t=s.renoise_t,
                                 sigma_min=self.sigma_min,
-                                renoise=lambda it, chunk=chunk: self._noise(seed, indices, chunk, size, it))
+                                renoise=lambda it, chunk=chunk: self._noise(rng, seed, indices, chunk, size, it))
             out[rows, ks] = x1[:, 0]
             stats.field_s += time.perf_counter() - t0
             stats.field_calls += f.calls

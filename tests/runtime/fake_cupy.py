@@ -63,7 +63,7 @@ def make_fake_cupy(gpu_name: str = "Fake GPU 9.0", compute_capability: tuple[int
     cp = types.ModuleType("cupy")
     cp.__spec__ = importlib.machinery.ModuleSpec("cupy", None)  # importlib.util.find_spec sees it as installed
     cp.__version__ = "0.0-fake"
-    stats = {"graph_launches": 0, "captures": 0, "host_copies": 0}
+    stats = {"graph_launches": 0, "captures": 0, "host_copies": 0, "generators": 0}
     cp.stats = stats
     races: list[str] = []
     cp.races = races
@@ -325,6 +325,7 @@ def make_fake_cupy(gpu_name: str = "Fake GPU 9.0", compute_capability: tuple[int
 
     class _Generator:
         def __init__(self, seed):
+            stats["generators"] += 1  # each sets up cuRAND states on a real GPU
             self._g = np.random.default_rng(seed)
 
         def standard_normal(self, size=None, dtype=np.float64, out=None):

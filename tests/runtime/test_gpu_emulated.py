@@ -392,17 +392,31 @@ def test_device_segmenter_on_a_plan_matches_cpu(plan, cp, trt, cpu_result, monke
 
 def test_device_noise_on_a_plan_stays_on_the_device_and_repeats(plan, cp, trt, cpu_result, monkeypatch):
     """noise="device" draws with CuPy's generator API: still only the final maps come back, the same seed gives
-    the same result, and the noise differs from the host noise (so the maps do too)."""
-    from segflow.runtime.gpu import DeviceSegmenter
+    the same result, and the noise differs from the host noise (so the maps do too). One generator is set up
+    per group of tiles, not per batch and renoising."""
+    from segflow.runtime.gpu import DeviceFlowSDFSampler, DeviceSegmenter
 
     seen = _spy_device_fields(monkeypatch, cp)
+    groups, original = [], DeviceFlowSDFSampler.sample_device
+    monkeypatch.setattr(DeviceFlowSDFSampler, "sample_device",
+                        lambda self, *a, **k: groups.append(1) or original(self, *a, **k))
+    draws, make = [], cp.random.default_rng
+
+    def counting_rng(seed):
+        g = make(seed)
+        draw = g.standard_normal
+        g.standard_normal = lambda *a, **k: draws.append(1) or draw(*a, **k)
+        return g
+
+    monkeypatch.setattr(cp.random, "default_rng", counting_rng)
     runs = []
     for _ in range(2):
-        with DeviceSegmenter(plan, xp=cp, noise="device", **KW) as seg:
+        with DeviceSegmenter(plan, xp=cp, noise="device", noise_iterations=1, **KW) as seg:
             runs.append(seg(_image()))
             assert seg.backend_info["noise"] == "device"
     assert seen and all(a is cp.ndarray and b is cp.ndarray for a, b in seen)
     assert cp.stats["host_copies"] == 8  # four final maps per run
+    assert cp.stats["generators"] == len(groups) >= 2 and len(draws) == 2 * len(groups)  # start + renoise
     np.testing.assert_array_equal(runs[0].mean_sdf, runs[1].mean_sdf)
     assert np.abs(runs[0].mean_sdf - cpu_result.mean_sdf).max() > 1e-5  # the blur field damps noise; 3.5e-4 here
 
