@@ -5,9 +5,9 @@ The runtime's integrators (:mod:`segflow.runtime.integrators`) and FlowSDF sampl
 CuPy (``xp=cupy``) and the backends return device arrays (``infer(..., to_host=False)``): the TensorRT backend
 or ONNX Runtime's CUDA provider with I/O binding. Tiles are normalised on the host and uploaded once; the
 encoder runs once per tile; the K samples' noise is uploaded (``noise="host"``: bit-identical to the CPU
-sampler's seeded noise) or drawn on the device (``noise="device"``: one CuPy generator per group of tiles, reproducible
-for the same batching); tiles are blended into device canvases, and the mean SDF, spread and foreground probability are
-reduced on the device. Only the final maps come back to the host.
+sampler's seeded noise) or drawn on the device (``noise="device"``: one CuPy generator per group of tiles,
+reproducible for the same batching); tiles are blended into device canvases, and the mean SDF, spread and
+foreground probability are reduced on the device. Only the final maps come back to the host.
 
 Every function also runs with ``xp=numpy`` and CPU backends — the tests check it against the CPU sampler
 through exactly these code paths, and with a numpy-backed CuPy stand-in that refuses implicit host
