@@ -239,8 +239,14 @@ class TensorRTBackend(Backend):
                 meta = self._inputs[name]
                 lo, hi = self._profile[name]
                 check_profile(self.path, name, tuple(arr.shape), lo, hi)
-                out[name] = cp.ascontiguousarray(cp.asarray(arr, dtype=meta.dtype))
+                a = cp.ascontiguousarray(cp.asarray(arr, dtype=meta.dtype))
+                out[name] = a if int(a.data.ptr) % 256 == 0 else a.copy()  # TensorRT needs 256-byte alignment
         return out
+
+    def _address(self, ctx: Any, name: str, arr: Any) -> None:
+        if not ctx.set_tensor_address(name, int(arr.data.ptr)):
+            raise BackendError(f"{self.info.library} refused the device address of tensor {name!r} for plan "
+                               f"{self.path} (see the log above).")
 
     def _bind(self, ctx: Any, inputs: dict[str, Any]) -> dict[str, Any]:
         cp = self.cp
@@ -248,7 +254,7 @@ class TensorRTBackend(Backend):
             if not ctx.set_input_shape(name, tuple(arr.shape)):
                 raise BackendError(f"plan {self.path} rejected input {name!r} of shape {list(arr.shape)}: "
                                    f"rebuild it for this shape with {rebuild_hint(self.path)}.")
-            ctx.set_tensor_address(name, int(arr.data.ptr))
+            self._address(ctx, name, arr)
         outs = {}
         for name, meta in self._outputs.items():
             shape = tuple(int(d) for d in ctx.get_tensor_shape(name))
@@ -256,7 +262,7 @@ class TensorRTBackend(Backend):
             if buf is None:
                 with self.stream:
                     buf = self._out_buffers[(name, shape)] = cp.empty(shape, dtype=meta.dtype)
-            ctx.set_tensor_address(name, int(buf.data.ptr))
+            self._address(ctx, name, buf)
             outs[name] = buf
         return outs
 
@@ -304,7 +310,7 @@ class TensorRTBackend(Backend):
             outs = {n: cp.empty(tuple(int(d) for d in ctx.get_tensor_shape(n)), dtype=m.dtype)
                     for n, m in self._outputs.items()}  # owned by the graph, never reallocated
         for name, arr in (*static.items(), *outs.items()):
-            ctx.set_tensor_address(name, int(arr.data.ptr))
+            self._address(ctx, name, arr)
         self.stream.synchronize()  # the warm-up run has finished before capture begins
         try:
             self.stream.begin_capture()

@@ -5,6 +5,7 @@ depends on, so a mistake there fails here as it would on a GPU:
 
 * arrays are not numpy arrays: implicit conversion (``np.asarray(a)``, mixing with numpy operands in
   arithmetic) raises ``TypeError`` as CuPy does; ``.get()`` / ``cupy.asnumpy`` copy to the host;
+* new arrays start at a multiple of 512 bytes, as blocks of CuPy's memory pool do (views keep their offset);
 * ``a.data.ptr`` is the address of the first element, and ``cupy.ndarray(shape, dtype, memptr=...)`` wraps
   foreign memory (``UnownedMemory`` keeps its owner alive), so code that passes raw pointers to TensorRT or to
   ONNX Runtime's I/O binding really moves the bytes through those pointers;
@@ -55,6 +56,21 @@ _PRODUCT = [_ROOT / d for d in ("runtime", "segflow", "solvers", "export", "trai
 
 _NO_IMPLICIT = ("Implicit conversion to a NumPy array is not allowed. Please use `.get()` to construct a NumPy "
                 "array explicitly.")
+
+
+ALIGN = 512  # CuPy's memory pool hands out blocks rounded to 512 bytes, carved from cudaMalloc'd memory
+
+
+def _aligned(a: np.ndarray) -> np.ndarray:
+    """``a`` itself if its memory starts at a multiple of :data:`ALIGN`, else an aligned contiguous copy."""
+    if a.size == 0 or a.ctypes.data % ALIGN == 0:
+        return a
+    order = "F" if a.flags.f_contiguous and not a.flags.c_contiguous else "C"
+    buf = np.empty(a.nbytes + ALIGN, np.uint8)
+    start = (-buf.ctypes.data) % ALIGN
+    out = buf[start:start + a.nbytes].view(a.dtype).reshape(a.shape, order=order)
+    out[...] = a
+    return out
 
 
 def make_fake_cupy(gpu_name: str = "Fake GPU 9.0", compute_capability: tuple[int, int] = (9, 0)
@@ -148,6 +164,7 @@ def make_fake_cupy(gpu_name: str = "Fake GPU 9.0", compute_capability: tuple[int
                if isinstance(o, ndarray) and made(o._a, *sources)]
         if new or reads:
             for o in new:
+                o._a = _aligned(o._a)
                 fresh(*bounds(o))
             access(reads=[x for x in reads if isinstance(x, ndarray)], writes=new, what=what)
         return out
@@ -179,7 +196,7 @@ def make_fake_cupy(gpu_name: str = "Fake GPU 9.0", compute_capability: tuple[int
             dtype = np.dtype(dtype)
             shape = (int(shape),) if np.isscalar(shape) else tuple(int(s) for s in shape)
             if memptr is None:
-                self._a = np.empty(shape, dtype)
+                self._a = _aligned(np.empty(shape, dtype))
                 if self._a.size:
                     fresh(*_byte_bounds(self._a))
                 return
@@ -309,7 +326,7 @@ def make_fake_cupy(gpu_name: str = "Fake GPU 9.0", compute_capability: tuple[int
     cp.asarray, cp.array, cp.ascontiguousarray, cp.asnumpy = asarray, array, ascontiguousarray, asnumpy
     def allocated(r: np.ndarray) -> ndarray:
         """New uninitialised memory: tracked fresh, no access."""
-        out = wrap(r)
+        out = wrap(_aligned(r))
         if r.size:
             fresh(*bounds(out))
         return out

@@ -135,6 +135,8 @@ def _runtime_api(mod: types.ModuleType) -> None:
             return True
 
         def set_tensor_address(self, name, ptr):
+            if int(ptr) % 256:  # TensorRT: "The pointer must have at least 256-byte alignment."
+                return False
             self.addresses[name] = int(ptr)
             return True
 

@@ -240,6 +240,29 @@ def test_tensorrt_backend_runs_a_plan(plan, cp, trt, models_meta):
     assert trt.executions == 4
 
 
+@pytest.mark.parametrize("cuda_graph", [False, True])
+def test_tensorrt_inputs_at_unaligned_addresses(plan, cp, trt, models_meta, cuda_graph):
+    """TensorRT takes only 256-byte-aligned tensor addresses; views that start elsewhere are copied first."""
+    from segflow.runtime.backends.tensorrt import TensorRTBackend
+
+    feed = _feed(4)
+    t_view = cp.asarray(np.concatenate([[9.0], feed["t"]]).astype(np.float32))[1:]  # starts 4 bytes in
+    assert t_view.data.ptr % 256 == 4
+    with TensorRTBackend(plan, cuda_graph=cuda_graph) as b:
+        for _ in range(3):  # plain runs, or warm-up, capture and replay
+            out = b.infer({"x": cp.asarray(feed["x"]), "t": t_view, "features": cp.asarray(feed["features"])},
+                          to_host=False)["out"]
+            np.testing.assert_allclose(cp.asnumpy(out), _reference(models_meta, feed), atol=1e-5)
+
+
+def test_tensorrt_refused_address_is_an_error(plan, cp, trt, monkeypatch):
+    from segflow.runtime.backends.tensorrt import TensorRTBackend
+
+    monkeypatch.setattr(trt.IExecutionContext, "set_tensor_address", lambda self, name, ptr: False)
+    with TensorRTBackend(plan) as b, pytest.raises(BackendError, match="refused the device address of tensor"):
+        b.infer(_feed(2))
+
+
 def test_tensorrt_cuda_graph_capture_and_replay(plan, cp, trt, models_meta):
     from segflow.runtime.backends.tensorrt import TensorRTBackend
 
