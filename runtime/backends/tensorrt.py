@@ -240,7 +240,9 @@ class TensorRTBackend(Backend):
                 lo, hi = self._profile[name]
                 check_profile(self.path, name, tuple(arr.shape), lo, hi)
                 a = cp.ascontiguousarray(cp.asarray(arr, dtype=meta.dtype))
-                out[name] = a if int(a.data.ptr) % 256 == 0 else a.copy()  # TensorRT needs 256-byte alignment
+                if self.graph_mode is None and int(a.data.ptr) % 256:  # graph modes copy into aligned buffers
+                    a = a.copy()  # TensorRT needs 256-byte-aligned tensor addresses
+                out[name] = a
         return out
 
     def _address(self, ctx: Any, name: str, arr: Any) -> None:
