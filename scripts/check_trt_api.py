@@ -30,7 +30,9 @@ from pathlib import Path
 # class (None: the module itself) -> names segflow uses on it. Both libraries unless marked in RTX_ONLY.
 API: dict[str | None, tuple[str, ...]] = {
     None: ("__version__", "Logger", "Builder", "OnnxParser", "Runtime", "NetworkDefinitionCreationFlag",
-           "MemoryPoolType", "TensorIOMode", "nptype", "ComputeCapability", "CudaGraphStrategy"),
+           "MemoryPoolType", "TensorIOMode", "nptype", "ComputeCapability", "CudaGraphStrategy",
+           "ExecutionContextAllocationStrategy"),
+    "ExecutionContextAllocationStrategy": ("USER_MANAGED",),
     "CudaGraphStrategy": ("WHOLE_GRAPH_CAPTURE",),
     "Logger": ("WARNING",),
     "NetworkDefinitionCreationFlag": ("STRONGLY_TYPED",),
@@ -48,8 +50,10 @@ API: dict[str | None, tuple[str, ...]] = {
     "ITimingCache": ("serialize",),
     "Runtime": ("deserialize_cuda_engine", "get_engine_validity"),
     "ICudaEngine": ("num_io_tensors", "get_tensor_name", "get_tensor_dtype", "get_tensor_shape", "get_tensor_mode",
-                    "get_tensor_profile_shape", "create_execution_context", "create_runtime_config"),
-    "IExecutionContext": ("set_input_shape", "set_tensor_address", "get_tensor_shape", "execute_async_v3"),
+                    "get_tensor_profile_shape", "create_execution_context", "create_runtime_config",
+                    "device_memory_size_v2"),
+    "IExecutionContext": ("set_input_shape", "set_tensor_address", "get_tensor_shape", "execute_async_v3",
+                          "set_device_memory"),
     "IRuntimeConfig": ("create_runtime_cache", "set_runtime_cache", "cuda_graph_strategy"),
     "IRuntimeCache": ("serialize", "deserialize"),
 }

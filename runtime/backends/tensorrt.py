@@ -13,11 +13,12 @@ deserialisation. Inference uses the name-based API (``set_input_shape``, ``set_t
   buffers per signature, since a graph fixes tensor addresses. With full TensorRT the backend captures
   ``execute_async_v3`` itself, on the second call of a signature (the first is the warm-up TensorRT asks for),
   and gives every captured signature an execution context of its own: a captured graph is tied to the input
-  shapes its context had at capture, so contexts are never switched between shapes under a graph (each extra
-  context holds its own activation memory). With TensorRT-RTX (1.2 and later) the library captures and replays
-  per shape itself (``IRuntimeConfig.cuda_graph_strategy = WHOLE_GRAPH_CAPTURE``): application stream capture
-  of an RTX plan needs plans built with ``REQUIRE_USER_ALLOCATION`` and does not mix with its just-in-time,
-  shape-specialised kernels. If capture fails the backend warns and falls back to plain launches.
+  shapes its context had at capture, so contexts are never switched between shapes under a graph. The
+  contexts share one activation buffer, as they never run at the same time. With TensorRT-RTX (1.2 and later)
+  the library captures and replays per shape itself (``IRuntimeConfig.cuda_graph_strategy =
+  WHOLE_GRAPH_CAPTURE``): application stream capture of an RTX plan needs plans built with
+  ``REQUIRE_USER_ALLOCATION`` and does not mix with its just-in-time, shape-specialised kernels. If capture
+  fails the backend warns and falls back to plain launches.
 * TensorRT-RTX compiles its kernels for the GPU at first use (just in time). The backend keeps them in a
   runtime cache file, ``NAME.plan.rtcache`` beside the plan, or under ``$XDG_CACHE_HOME/segflow`` (default
   ``~/.cache/segflow``) when the plan's folder is read-only: loaded when the execution context is created, saved
@@ -121,6 +122,8 @@ class TensorRTBackend(Backend):
         self._graphs: dict[tuple, tuple[Any, dict[str, Any]]] = {}  # signature -> (graph, its output buffers)
         self._contexts: dict[tuple, Any] = {}  # signature -> its own execution context ("capture" mode)
         self._static: dict[tuple, dict[str, Any]] = {}  # signature -> fixed input buffers (graph modes)
+        self._config: Any = None  # TensorRT-RTX runtime configuration
+        self._scratch: Any = None  # activation memory shared by the contexts ("capture" mode)
         self._keep: list[Any] = []
 
     # -- activation ------------------------------------------------------------------------------------------
@@ -151,12 +154,28 @@ class TensorRTBackend(Backend):
             raise BackendError(f"{self.info.library} could not load plan {self.path} (corrupt file, or built for "
                                f"another GPU or TensorRT version; see the log above): rebuild it here with "
                                f"{rebuild_hint(self.path)}.")
-        config = self._runtime_config(engine)
+        self._config = self._runtime_config(engine)
         self.engine = engine
-        self.context = engine.create_execution_context(runtime_config=config) if config is not None else \
-            engine.create_execution_context()
         self.stream = self.cp.cuda.Stream(non_blocking=True)
+        self.context = self._new_context()
         self._read_io()
+
+    def _new_context(self) -> Any:
+        """An execution context: with TensorRT-RTX's runtime configuration when there is one. In ``capture``
+        mode every context runs on one activation buffer (``USER_MANAGED``), allocated once at the engine's
+        maximum, instead of one each: NVIDIA lets contexts share it when they never run at the same time, and
+        all of this backend's run in order on its one stream (graph replays included)."""
+        engine = self.engine
+        if self._config is not None:
+            return engine.create_execution_context(runtime_config=self._config)
+        if self.graph_mode != "capture":
+            return engine.create_execution_context()
+        if self._scratch is None:
+            with self.stream:
+                self._scratch = self.cp.empty(max(int(engine.device_memory_size_v2), 1), dtype=self.cp.uint8)
+        ctx = engine.create_execution_context(self.trt.ExecutionContextAllocationStrategy.USER_MANAGED)
+        ctx.set_device_memory(int(self._scratch.data.ptr), int(self._scratch.nbytes))
+        return ctx
 
     def _runtime_config(self, engine: Any) -> Any:
         """TensorRT-RTX: a runtime configuration whose runtime cache holds the JIT-compiled kernels, loaded from
@@ -223,7 +242,7 @@ class TensorRTBackend(Backend):
         self._static.clear()
         self._out_buffers.clear()
         self._keep = []
-        self.context = self.engine = self.stream = None
+        self.context = self.engine = self.stream = self._config = self._scratch = None
 
     # -- inference -------------------------------------------------------------------------------------------
     @property
@@ -293,7 +312,7 @@ class TensorRTBackend(Backend):
             return outs
         ctx = self._contexts.get(key)
         if ctx is None:  # first call of this signature: the warm-up run, on the context it will be captured on
-            ctx = self.context if not self._contexts else self.engine.create_execution_context()
+            ctx = self.context if not self._contexts else self._new_context()
             self._contexts[key] = ctx
             return self._run(ctx, static)
         captured = self._capture(ctx, static)
@@ -360,4 +379,5 @@ class TensorRTBackend(Backend):
                 "gpu": info.gpu_name if info else None, "cuda_graph": self.cuda_graph,
                 "cuda_graph_mode": self.graph_mode, "max_batch": self.max_batch if self._profile else None,
                 "runtime_cache": str(self.runtime_cache) if self.runtime_cache else None,
-                "runtime_cache_state": self.runtime_cache_state}
+                "runtime_cache_state": self.runtime_cache_state,
+                "shared_activation_bytes": int(self._scratch.nbytes) if self._scratch is not None else None}

@@ -13,7 +13,10 @@ CuPy (``tests/runtime/fake_cupy.py``), so CUDA-graph capture records it and repl
 capture time; each run reports the memory it reads and writes to the fake CuPy's stream-ordering check.
 ``module.executions`` counts the graph runs. A captured graph is tied to the input shapes its execution context
 had at capture (NVIDIA: re-capture when they change); a replay after that context's shapes changed is recorded in
-``module.misuse``, which the tests require to stay empty. Named ``tensorrt_rtx``, it also models TensorRT-RTX's
+``module.misuse``, which the tests require to stay empty. Activation memory follows
+``ExecutionContextAllocationStrategy``: a STATIC context gets its own (``module.static_activation_bytes``), a
+USER_MANAGED one runs only after ``set_device_memory`` (too small or unaligned is misuse), and every run writes
+all of it, as reported to the stream-ordering check and as bytes. Named ``tensorrt_rtx``, it also models TensorRT-RTX's
 just-in-time kernels: a run with a new input-shape signature compiles (``module.jit_compiles``) unless the
 execution context's runtime cache (``ICudaEngine.create_runtime_config``) holds it; the cache serialises with the
 GPU's name and refuses a blob from another GPU, as the real one validates its environment. Its CUDA graphs follow
@@ -77,6 +80,9 @@ def _runtime_api(mod: types.ModuleType) -> None:
     mod.native_captures = mod.native_replays = 0  # TensorRT-RTX's own CUDA graphs
     rtx = mod.__name__ == "tensorrt_rtx"
     CudaGraphStrategy = enum.IntEnum("CudaGraphStrategy", {"DISABLED": 0, "WHOLE_GRAPH_CAPTURE": 1})
+    Allocation = enum.IntEnum("ExecutionContextAllocationStrategy",
+                              {"STATIC": 0, "ON_PROFILE_CHANGE": 1, "USER_MANAGED": 2})
+    mod.static_activation_bytes = 0  # activation memory the library allocated for STATIC contexts
 
     class RuntimeCache:
         """TensorRT-RTX's runtime cache: compiled kernels by shape signature, valid only for the same GPU."""
@@ -116,8 +122,13 @@ def _runtime_api(mod: types.ModuleType) -> None:
             return self.cache
 
     class Context:
-        def __init__(self, engine, runtime_config=None):
+        def __init__(self, engine, runtime_config=None, strategy=Allocation.STATIC):
             self.engine, self.shapes, self.addresses = engine, {}, {}
+            self.memory = None  # (pointer, size) of the activation memory; USER_MANAGED: set_device_memory
+            if strategy == Allocation.STATIC:
+                self._own = sys.modules["cupy"].empty(engine.device_memory_size_v2, dtype=np.uint8)
+                self.memory = (int(self._own.data.ptr), engine.device_memory_size_v2)
+                mod.static_activation_bytes += engine.device_memory_size_v2
             self.cache = runtime_config.cache if runtime_config is not None else None
             self.native_graphs = runtime_config is not None \
                 and runtime_config.cuda_graph_strategy == CudaGraphStrategy.WHOLE_GRAPH_CAPTURE
@@ -134,6 +145,13 @@ def _runtime_api(mod: types.ModuleType) -> None:
             self.shapes[name] = tuple(int(s) for s in shape)
             return True
 
+        def set_device_memory(self, memory, size):
+            need = self.engine.device_memory_size_v2
+            if int(memory) % 256 or int(size) < need:  # "256-byte aligned", "at least device_memory_size_v2"
+                mod.misuse.append(f"set_device_memory({int(memory):#x}, {int(size)}): needs 256-byte alignment "
+                                  f"and at least {need} bytes")
+            self.memory = (int(memory), int(size))
+
         def set_tensor_address(self, name, ptr):
             if int(ptr) % 256:  # TensorRT: "The pointer must have at least 256-byte alignment."
                 return False
@@ -148,9 +166,9 @@ def _runtime_api(mod: types.ModuleType) -> None:
             return tuple(eng.session.run([name], zeros)[0].shape)
 
         def execute_async_v3(self, stream_handle):
-            if set(self.shapes) != set(self.engine.inputs):
+            if set(self.shapes) != set(self.engine.inputs) or self.memory is None:
                 return False
-            addresses, shapes, eng = dict(self.addresses), dict(self.shapes), self.engine
+            addresses, shapes, eng, scratch = dict(self.addresses), dict(self.shapes), self.engine, self.memory[0]
             if sys.modules["cupy"].cuda.streams[int(stream_handle)].is_capturing() \
                     and rtx and not self.is_stream_capturable(stream_handle):
                 return False
@@ -177,8 +195,10 @@ def _runtime_api(mod: types.ModuleType) -> None:
                         for n, v in zip(eng.outputs, eng.session.run(eng.outputs, feed), strict=True)]
                 sys.modules["cupy"].cuda.note_access(  # stream ordering is checked by the fake CuPy
                     reads=[(addresses[n], v.nbytes) for n, v in feed.items()],
-                    writes=[(addresses[n], v.nbytes) for n, v in zip(eng.outputs, outs, strict=True)],
+                    writes=[(addresses[n], v.nbytes) for n, v in zip(eng.outputs, outs, strict=True)]
+                    + [(scratch, eng.device_memory_size_v2)],  # the activations
                     what="TensorRT execute_async_v3")
+                ctypes.memset(scratch, 0xFF, eng.device_memory_size_v2)  # clobbers whatever else lives there
                 for name, value in zip(eng.outputs, outs, strict=True):
                     _write(addresses[name], value)
                 mod.executions += 1
@@ -217,8 +237,16 @@ def _runtime_api(mod: types.ModuleType) -> None:
         def get_tensor_profile_shape(self, name, profile):
             return tuple(tuple(s) for s in self.profiles[name])
 
-        def create_execution_context(self, runtime_config=None):
-            return Context(self, runtime_config)
+        @property
+        def device_memory_size_v2(self):
+            """Activation memory: twice the inputs at the profile's largest shapes, rounded up to 256 bytes."""
+            n = sum(int(np.prod(self.profiles[i][2])) * self.np_dtype(i).itemsize for i in self.inputs)
+            return -(-2 * n // 256) * 256
+
+        def create_execution_context(self, strategy=Allocation.STATIC, runtime_config=None):
+            if isinstance(strategy, RuntimeConfig):  # the second overload, passed positionally
+                strategy, runtime_config = Allocation.STATIC, strategy
+            return Context(self, runtime_config, Allocation(strategy))
 
         if rtx:
             def create_runtime_config(self):
@@ -236,6 +264,7 @@ def _runtime_api(mod: types.ModuleType) -> None:
             return Engine(json.loads(header)["profiles"], onnx_bytes)
 
     mod.DataType, mod.TensorIOMode, mod.Runtime = DataType, TensorIOMode, Runtime
+    mod.ExecutionContextAllocationStrategy = Allocation
     mod.ICudaEngine, mod.IExecutionContext = Engine, Context
     if rtx:
         mod.IRuntimeConfig, mod.IRuntimeCache, mod.CudaGraphStrategy = RuntimeConfig, RuntimeCache, CudaGraphStrategy

@@ -288,7 +288,32 @@ def test_tensorrt_cuda_graphs_for_alternating_shapes(plan, cp, trt, models_meta)
             np.testing.assert_allclose(cp.asnumpy(out), _reference(models_meta, f), atol=1e-5)
         assert len(b._contexts) == 2 and b._contexts[next(iter(b._contexts))] is b.context
         assert b.describe()["cuda_graph_mode"] == "capture"
+        # both contexts run on one activation buffer of the engine's size, the library allocated none
+        need = b.engine.device_memory_size_v2
+        assert {c.memory for c in b._contexts.values()} == {(int(b._scratch.data.ptr), need)}
+        assert b.describe()["shared_activation_bytes"] == need and trt.static_activation_bytes == 0
     assert cp.stats["captures"] == 2 and cp.stats["graph_launches"] == 4 and trt.executions == 6
+
+
+def test_fake_tensorrt_activation_memory_contract(plan, cp, trt, models_meta):
+    """What the shared-activation test relies on: the fake library allocates for a STATIC context, refuses to
+    run a USER_MANAGED one without memory, flags memory that is too small, and every run writes its
+    activations (a race or an overlap with live data would show)."""
+    from segflow.runtime.backends.tensorrt import TensorRTBackend
+
+    f = _feed(2, np.random.default_rng(0))
+    with TensorRTBackend(plan) as b:  # plain mode: one STATIC context, as before
+        np.testing.assert_allclose(b.infer(f)["out"], _reference(models_meta, f), atol=1e-5)
+        need = b.engine.device_memory_size_v2
+        assert trt.static_activation_bytes == need and b.describe()["shared_activation_bytes"] is None
+        ctx = b.engine.create_execution_context(trt.ExecutionContextAllocationStrategy.USER_MANAGED)
+        for name, arr in f.items():
+            ctx.set_input_shape(name, arr.shape)
+        assert ctx.execute_async_v3(b.stream.ptr) is False  # no memory given
+        small = cp.empty(need - 256, dtype=cp.uint8)
+        ctx.set_device_memory(int(small.data.ptr), int(small.nbytes))
+        assert trt.misuse and "at least" in trt.misuse[-1]
+        trt.misuse.clear()
 
 
 @pytest.fixture

@@ -70,4 +70,6 @@ def test_tensorrt_engine_build_and_run_matches_cpu(models_dir, tmp_path, cpu_res
             got = seg(_image())
             assert seg.backend_info["name"] == "tensorrt"
             assert seg.backend_info["cuda_graph"] is graph  # a failed capture falls back, warning: fail here
+            if seg.backend_info["cuda_graph_mode"] == "capture":  # full TensorRT: one activation buffer
+                assert seg.backend_info["shared_activation_bytes"] > 0
         np.testing.assert_allclose(got.mean_sdf, cpu_result.mean_sdf, atol=atol)
