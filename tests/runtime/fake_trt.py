@@ -244,8 +244,6 @@ def _runtime_api(mod: types.ModuleType) -> None:
             return -(-2 * n // 256) * 256
 
         def create_execution_context(self, strategy=Allocation.STATIC, runtime_config=None):
-            if isinstance(strategy, RuntimeConfig):  # the second overload, passed positionally
-                strategy, runtime_config = Allocation.STATIC, strategy
             return Context(self, runtime_config, Allocation(strategy))
 
         if rtx:
