@@ -15,11 +15,12 @@ capture time; each run reports the memory it reads and writes to the fake CuPy's
 had at capture (NVIDIA: re-capture when they change); a replay after that context's shapes changed is recorded in
 ``module.misuse``, which the tests require to stay empty. Activation memory follows
 ``ExecutionContextAllocationStrategy``: a STATIC context gets its own (``module.static_activation_bytes``), a
-USER_MANAGED one runs only after ``set_device_memory`` (too small or unaligned is misuse), and every run writes
-all of it, as reported to the stream-ordering check and as bytes. Named ``tensorrt_rtx``, it also models TensorRT-RTX's
-just-in-time kernels: a run with a new input-shape signature compiles (``module.jit_compiles``) unless the
-execution context's runtime cache (``ICudaEngine.create_runtime_config``) holds it; the cache serialises with the
-GPU's name and refuses a blob from another GPU, as the real one validates its environment. Its CUDA graphs follow
+USER_MANAGED one runs only after ``set_device_memory`` (too small or unaligned is misuse), and every run
+overwrites all of it with 0xFF bytes and reports the write to the stream-ordering check. Named
+``tensorrt_rtx``, it also models TensorRT-RTX's just-in-time kernels: a run with a new input-shape signature
+compiles (``module.jit_compiles``) unless the execution context's runtime cache
+(``ICudaEngine.create_runtime_config``) holds it; the cache serialises with the GPU's name and refuses a blob
+from another GPU, as the real one validates its environment. Its CUDA graphs follow
 RTX 1.2+: application stream capture fails (``is_stream_capturable`` is False for plans built without
 ``REQUIRE_USER_ALLOCATION``, which segflow does not set), and ``IRuntimeConfig.cuda_graph_strategy =
 WHOLE_GRAPH_CAPTURE`` makes the context capture and replay internally per shape signature and tensor addresses
@@ -216,9 +217,14 @@ def _runtime_api(mod: types.ModuleType) -> None:
             self.inputs = [a.name for a in self.session.get_inputs()]
             self.outputs = [a.name for a in self.session.get_outputs()]
             self.names = self.inputs + self.outputs
+            # activation memory: twice the inputs at the profile's largest shapes, rounded up to 256 bytes
+            n = sum(int(np.prod(self.profiles[i][2])) * self.np_dtype(i).itemsize for i in self.inputs)
+            self._memory_size = -(-2 * n // 256) * 256
 
         def np_dtype(self, name):
             return np.dtype(to_np[self.get_tensor_dtype(name)])
+
+        device_memory_size_v2 = property(lambda self: self._memory_size)  # on the class, as the real one
 
         num_io_tensors = property(lambda self: len(self.names))
 
@@ -236,12 +242,6 @@ def _runtime_api(mod: types.ModuleType) -> None:
 
         def get_tensor_profile_shape(self, name, profile):
             return tuple(tuple(s) for s in self.profiles[name])
-
-        @property
-        def device_memory_size_v2(self):
-            """Activation memory: twice the inputs at the profile's largest shapes, rounded up to 256 bytes."""
-            n = sum(int(np.prod(self.profiles[i][2])) * self.np_dtype(i).itemsize for i in self.inputs)
-            return -(-2 * n // 256) * 256
 
         def create_execution_context(self, strategy=Allocation.STATIC, runtime_config=None):
             return Context(self, runtime_config, Allocation(strategy))

@@ -17,6 +17,7 @@ import numpy as np
 import pytest
 import tifffile
 from fake_cupy import make_fake_cupy
+from fake_trt import _read
 from segflow.runtime import engine as eng
 from segflow.runtime import trtlib
 from segflow.runtime.cli import main as runtime_main
@@ -306,6 +307,8 @@ def test_fake_tensorrt_activation_memory_contract(plan, cp, trt, models_meta):
         np.testing.assert_allclose(b.infer(f)["out"], _reference(models_meta, f), atol=1e-5)
         need = b.engine.device_memory_size_v2
         assert trt.static_activation_bytes == need and b.describe()["shared_activation_bytes"] is None
+        ptr, size = b.context.memory
+        assert size == need and ptr % 256 == 0 and (_read(ptr, (need,), np.dtype(np.uint8)) == 0xFF).all()
         ctx = b.engine.create_execution_context(trt.ExecutionContextAllocationStrategy.USER_MANAGED)
         for name, arr in f.items():
             ctx.set_input_shape(name, arr.shape)
