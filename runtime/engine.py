@@ -33,7 +33,7 @@ from types import ModuleType
 from typing import Any
 
 from segflow.runtime.autocast import PRECISIONS, convert_precision
-from segflow.runtime.trtlib import PlanInfo, gpu_info, import_trt, library_name, sidecar_path
+from segflow.runtime.trtlib import PlanInfo, gpu_info, import_trt, library_name, sidecar_path, trt_logger
 
 from segflow import __version__
 from segflow.card import ModelCard, card_from_onnx, resolve_engine
@@ -172,11 +172,14 @@ def build_plan(onnx_path: str | Path, out_plan: str | Path, *, batch: tuple[int,
     trt = import_trt(builder)
     lib = library_name(trt)
     onnx_path, out_plan = Path(onnx_path), Path(out_plan)
-    logger = trt.Logger(getattr(trt.Logger, log_level))
+    logger = trt_logger(trt, log_level)
     b = trt.Builder(logger)
     network, _parser = _parse_onnx(trt, b, logger, onnx_path)
     config = b.create_builder_config()
     config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, int(workspace_bytes))
+    # TF32 is on by default and rounds float32 convolution and matmul inputs to 10-bit mantissas: off, so the
+    # float32 ops (all of an fp32 plan, and those the fp16/bf16 conversion keeps in float32) compute in float32
+    config.clear_flag(trt.BuilderFlag.TF32)
     profile = b.create_optimization_profile()
     profiles = {}
     for name, shape in _network_inputs(network).items():

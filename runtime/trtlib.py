@@ -24,7 +24,7 @@ from typing import Any
 from segflow.errors import BackendError, MissingDependency, ModelCardError
 
 __all__ = ["LIBRARIES", "import_trt", "library_name", "GpuInfo", "gpu_info", "PlanInfo", "sidecar_path",
-           "check_plan", "RTX_DEFAULT_TARGETS", "rebuild_hint"]
+           "check_plan", "RTX_DEFAULT_TARGETS", "rebuild_hint", "rtx_supports", "trt_logger"]
 
 LIBRARIES = ("tensorrt", "tensorrt_rtx")
 BUILDERS = ("auto", *LIBRARIES)
@@ -54,6 +54,25 @@ def import_trt(builder: str = "auto") -> ModuleType:
         f"the `{builder}` Python module, which is not"
     raise MissingDependency(f"TensorRT engines need {what} installed: run `{INSTALL_HINT}` "
                             f"(or `pip install segflow[gpu-trt]` for data-centre GPUs).")
+
+
+_LOGGERS: dict[str, Any] = {}
+
+
+def trt_logger(trt: ModuleType, level: str = "WARNING") -> Any:
+    """The one ``trt.Logger`` of this process for library ``trt``, at ``level``.
+
+    TensorRT registers the first logger it is given process-wide; a Builder or Runtime created with a different
+    one logs a warning ("The logger passed into createInferRuntime differs from one already registered ...")
+    and uses the first anyway. So every Builder and Runtime here shares one logger, and its level is set per use.
+    """
+    lib = library_name(trt)
+    logger = _LOGGERS.get(lib)
+    if logger is None or not isinstance(logger, trt.Logger):  # a new module object (tests swap fakes in)
+        logger = _LOGGERS[lib] = trt.Logger(getattr(trt.Logger, level))
+    else:
+        logger.min_severity = getattr(trt.Logger, level)
+    return logger
 
 
 def library_name(trt: ModuleType) -> str:
@@ -190,6 +209,12 @@ def _cc_tuple(cc: str) -> tuple[int, ...]:
     return tuple(int(v) for v in cc.split("."))
 
 
+def rtx_supports(cc: str) -> bool:
+    """Whether TensorRT-RTX compiles for compute capability ``cc``: its default targets, Turing (7.5, on
+    request) and anything newer than the newest default; not Volta, Hopper (9.0) or data-centre Blackwell."""
+    return cc in ("7.5", *RTX_DEFAULT_TARGETS) or _cc_tuple(cc) > _cc_tuple(RTX_DEFAULT_TARGETS[-1])
+
+
 def check_plan(plan: str | Path, info: PlanInfo, library: str, version: str, gpu: GpuInfo | None) -> list[str]:
     """Refuse a plan built for another library, TensorRT version or GPU; return warnings for lesser mismatches.
 
@@ -214,6 +239,11 @@ def check_plan(plan: str | Path, info: PlanInfo, library: str, version: str, gpu
         newest = max(targets, key=_cc_tuple)
         ok = gpu.compute_capability in targets or (
             not info.target_compute_capabilities and _cc_tuple(gpu.compute_capability) > _cc_tuple(newest))
+        if not ok and rtx_supports(gpu.compute_capability):
+            wanted = ",".join(sorted({*targets, gpu.compute_capability}, key=_cc_tuple))
+            raise BackendError(f"plan {plan} was compiled for compute capabilities {', '.join(targets)} but this "
+                               f"{gpu.name} is {gpu.compute_capability}: rebuild it with "
+                               f"{hint[:-1]} --compute-capability {wanted}`.")
         if not ok:
             raise BackendError(f"plan {plan} was compiled for compute capabilities {', '.join(targets)} but this "
                                f"{gpu.name} is {gpu.compute_capability} (TensorRT-RTX lists no support for it): "

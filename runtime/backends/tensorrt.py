@@ -37,7 +37,7 @@ from typing import Any
 
 import numpy as np
 from segflow.runtime.backends.base import Backend, TensorMeta
-from segflow.runtime.trtlib import PlanInfo, check_plan, gpu_info, import_trt, rebuild_hint
+from segflow.runtime.trtlib import PlanInfo, check_plan, gpu_info, import_trt, rebuild_hint, trt_logger
 
 from segflow.errors import BackendError, ModelCardError, require
 from segflow.imageio import atomic_path
@@ -139,7 +139,14 @@ class TensorRTBackend(Backend):
         if self.cuda_graph:
             native = self.info.library == "tensorrt_rtx" and hasattr(trt, "CudaGraphStrategy")
             self.graph_mode = "tensorrt_rtx" if native else "capture"
-        runtime = trt.Runtime(trt.Logger(trt.Logger.WARNING))
+        # a current CUDA context before TensorRT-RTX reads the runtime cache (its IRuntimeCache.deserialize
+        # validates the cache against the context, and rejects it without one): creating the stream makes one
+        try:
+            self.stream = self.cp.cuda.Stream(non_blocking=True)
+        except Exception as exc:  # noqa: BLE001 - CUDA's own errors (driver too old, device busy or lost)
+            raise BackendError(f"CUDA could not start for plan {self.path} ({exc}): check the NVIDIA driver with "
+                               f"`nvidia-smi` (CUDA 13 needs driver 580 or newer).") from exc
+        runtime = trt.Runtime(trt_logger(trt))
         data = self.path.read_bytes()
         if hasattr(runtime, "get_engine_validity"):
             try:
@@ -156,7 +163,6 @@ class TensorRTBackend(Backend):
                                f"{rebuild_hint(self.path)}.")
         self._config = self._runtime_config(engine)
         self.engine = engine
-        self.stream = self.cp.cuda.Stream(non_blocking=True)
         self.context = self._new_context()
         self._read_io()
 
@@ -236,13 +242,14 @@ class TensorRTBackend(Backend):
             self.stream.synchronize()
         if self._rt_cache is not None:
             self._save_runtime_cache()
-            self._rt_cache = None
         self._graphs.clear()
         self._contexts.clear()
         self._static.clear()
         self._out_buffers.clear()
         self._keep = []
+        # the contexts and the runtime configuration go before the runtime cache they were given
         self.context = self.engine = self.stream = self._config = self._scratch = None
+        self._rt_cache = None
 
     # -- inference -------------------------------------------------------------------------------------------
     @property

@@ -89,6 +89,10 @@ def make_fake_cupy(gpu_name: str = "Fake GPU 9.0", compute_capability: tuple[int
     starts: list[int] = []  # sorted starts of the tracked ranges
     ranges: dict[int, list] = {}  # start -> [end, last write (stream, tick) or None, reads since [(stream, tick)]]
     executing: list[Any] = []  # the stream a library call or graph launch runs on
+    # CUDA's primary context is made current by the first call that needs one (an allocation, a stream), not by
+    # device queries (count, properties); libraries that need a current context check cp.context_current()
+    context = [False]
+    cp.context_current = lambda: context[0]
 
     def merge(into: dict[int, int], other: dict[int, int]) -> None:
         for k, v in other.items():
@@ -115,6 +119,7 @@ def make_fake_cupy(gpu_name: str = "Fake GPU 9.0", compute_capability: tuple[int
 
     def fresh(lo: int, hi: int) -> list:
         """A new allocation at [lo, hi): whatever was tracked there before is gone."""
+        context[0] = True
         i, j = bisect.bisect_left(starts, lo), bisect.bisect_left(starts, hi)
         for start in starts[i:j]:
             del ranges[start]
@@ -383,6 +388,7 @@ def make_fake_cupy(gpu_name: str = "Fake GPU 9.0", compute_capability: tuple[int
     class Stream:
         def __init__(self, null=False, non_blocking=False, ptds=False):
             self.ptr = 0 if null else next(ptrs)
+            context[0] = context[0] or not null
             self._capture: list | None = None
             self._vc: dict[int, int] = {}
             streams[self.ptr] = self

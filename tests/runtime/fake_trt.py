@@ -99,6 +99,10 @@ def _runtime_api(mod: types.ModuleType) -> None:
 
         def deserialize(self, blob):
             blob = bytes(blob)
+            if not sys.modules["cupy"].context_current():
+                mod.misuse.append("IRuntimeCache.deserialize without a current CUDA context (the library rejects "
+                                  "the cache: it validates it against the context)")
+                return False
             if not blob.startswith(RTCACHE_MAGIC):
                 return False
             head = json.loads(blob[len(RTCACHE_MAGIC):])
@@ -252,7 +256,7 @@ def _runtime_api(mod: types.ModuleType) -> None:
 
     class Runtime:
         def __init__(self, logger):
-            pass
+            mod.register_logger(logger, "createInferRuntime")
 
         def deserialize_cuda_engine(self, data):
             data = bytes(data)
@@ -278,9 +282,22 @@ def make_fake_trt(name: str = "tensorrt", *, version: str = "11.4.0.106", inputs
 
     class Logger:
         WARNING, INFO, ERROR, VERBOSE = 2, 3, 1, 4
+        min_severity = WARNING
 
         def __init__(self, level):
             calls.append(("Logger", level))
+            self.min_severity = level
+
+    registered: list[Logger] = []
+
+    def register_logger(logger, what):
+        """TensorRT keeps the first logger it is given; a different one is ignored with a logged warning."""
+        if not registered:
+            registered.append(logger)
+        elif logger is not registered[0]:
+            mod.logger_warnings.append(f"The logger passed into {what} differs from one already registered")
+
+    BuilderFlag = enum.IntEnum("BuilderFlag", {"FP16": 0, "INT8": 1, "TF32": 7})
 
     flags = {"EXPLICIT_BATCH": 0, "STRONGLY_TYPED": 1} if strongly_typed else {"EXPLICIT_BATCH": 0}
     NetworkDefinitionCreationFlag = enum.IntEnum("NetworkDefinitionCreationFlag", flags)
@@ -340,6 +357,16 @@ def make_fake_trt(name: str = "tensorrt", *, version: str = "11.4.0.106", inputs
     class Config:
         profile = None
 
+        def __init__(self):
+            self.flags = {BuilderFlag.TF32}  # TF32 is on by default in TensorRT and TensorRT-RTX
+
+        def get_flag(self, flag):
+            return flag in self.flags
+
+        def clear_flag(self, flag):
+            calls.append(("clear_flag", flag))
+            self.flags.discard(BuilderFlag(int(flag)))
+
         def set_memory_pool_limit(self, pool, size):
             calls.append(("set_memory_pool_limit", pool, size))
 
@@ -358,10 +385,12 @@ def make_fake_trt(name: str = "tensorrt", *, version: str = "11.4.0.106", inputs
 
         def set_flag(self, flag):
             calls.append(("set_flag", flag))
+            self.flags.add(BuilderFlag(int(flag)))
 
     class Builder:
         def __init__(self, logger):
             calls.append(("Builder",))
+            register_logger(logger, "createInferBuilder")
 
         def create_network(self, flags):
             calls.append(("create_network", flags))
@@ -375,6 +404,7 @@ def make_fake_trt(name: str = "tensorrt", *, version: str = "11.4.0.106", inputs
 
         def build_serialized_network(self, network, config):
             calls.append(("build_serialized_network",))
+            mod.build_flags.append(set(config.flags))
             if not build_ok:
                 return None
             if executable:
@@ -386,7 +416,10 @@ def make_fake_trt(name: str = "tensorrt", *, version: str = "11.4.0.106", inputs
     mod.__spec__ = importlib.machinery.ModuleSpec(name, None)  # importlib.util.find_spec sees it as installed
     mod.__version__ = version
     mod.calls = calls
-    for obj in (Logger, NetworkDefinitionCreationFlag, MemoryPoolType, OnnxParser, Builder):
+    mod.logger_warnings: list[str] = []  # a Builder or Runtime given a logger other than the registered one
+    mod.build_flags: list[set] = []  # the builder flags each build_serialized_network ran with
+    mod.register_logger = register_logger
+    for obj in (Logger, NetworkDefinitionCreationFlag, MemoryPoolType, OnnxParser, Builder, BuilderFlag):
         setattr(mod, obj.__name__, obj)
     # the interface classes under TensorRT's own names (scripts/check_trt_api.py looks them up there)
     mod.INetworkDefinition, mod.ITensor, mod.IBuilderConfig = Network, Tensor, Config

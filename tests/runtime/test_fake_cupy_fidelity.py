@@ -20,7 +20,8 @@ from fake_cupy import CUPY_FUNCTIONS, CUPY_UFUNCS, make_fake_cupy
 # handle"); its _BaseStream.__init__(self, ptr, device_id) stores it.
 INSTANCE_ONLY = {"cupy.cuda.Stream.ptr"}
 # The stand-in's own test hooks, not CuPy API.
-TEST_ONLY = {"cupy.stats", "cupy.races", "cupy.cuda.submit", "cupy.cuda.streams", "cupy.cuda.note_access"}
+TEST_ONLY = {"cupy.stats", "cupy.races", "cupy.context_current", "cupy.cuda.submit", "cupy.cuda.streams",
+             "cupy.cuda.note_access"}
 
 
 def fake_surface(cp) -> dict[str, set[str]]:

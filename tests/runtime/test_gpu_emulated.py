@@ -44,6 +44,7 @@ def trt(install_fake_trt, cp):
     mod = install_fake_trt(executable=True)
     yield mod
     assert mod.misuse == [], "\n".join(mod.misuse[:5])
+    assert mod.logger_warnings == []  # every Builder and Runtime on the process's one logger
 
 
 @pytest.fixture
@@ -335,6 +336,7 @@ def rtx_plan(blur_copy, monkeypatch):
     yield plan, mod, cp
     assert cp.races == [], "stream-ordering races:\n" + "\n".join(cp.races[:5])
     assert mod.misuse == [], "\n".join(mod.misuse[:5])
+    assert mod.logger_warnings == []
 
 
 def _run_plan(plan, cp, models_meta, sizes=(4, 2), **kw):
@@ -362,7 +364,10 @@ def test_rtx_runtime_cache_keeps_compiled_kernels_between_runs(rtx_plan, models_
     cached = json.loads(capsys.readouterr().out)["graphs"]["field"]["runtime_cache"]
     assert cached == {"path": str(cache.resolve()), "bytes": cache.stat().st_size}
     written = cache.stat().st_mtime_ns
-    second = _run_plan(plan, cp, models_meta)  # a later process: the kernels come from the cache
+    later = make_fake_cupy(gpu_name="NVIDIA RTX 6000 Ada Generation", compute_capability=(8, 9))
+    # a later process on the same GPU (no CUDA context yet): the kernels come from the cache
+    monkeypatch.setitem(sys.modules, "cupy", later)
+    second = _run_plan(plan, later, models_meta)
     assert second.runtime_cache_state == "loaded" and rtx.jit_compiles == 2
     assert cache.stat().st_mtime_ns == written  # nothing new compiled, so the file is not rewritten
 

@@ -8,6 +8,7 @@ import sys
 import types
 
 import pytest
+from fake_cupy import make_fake_cupy
 from fake_trt import make_fake_trt
 from segflow.runtime import trtlib
 from segflow.runtime.backends import open_backend
@@ -66,10 +67,24 @@ def test_check_plan_rtx_targets():
     with pytest.raises(BackendError, match=r"compiled for compute capabilities 8.0, 8.6, 8.9, 12.0 but this "
                                            r"NVIDIA H100 80GB HBM3 is 9.0 \(TensorRT-RTX lists no support"):
         check_plan("m.plan", rtx, "tensorrt_rtx", "1.7.1.116", H100)
-    turing = GpuInfo("Quadro RTX 8000", "7.5")
-    with pytest.raises(BackendError, match="compiled for compute capabilities 8.9"):
-        check_plan("m.plan", _info(library="tensorrt_rtx", trt_version="1", target_compute_capabilities=["8.9"]),
-                   "tensorrt_rtx", "1", turing)
+    turing = GpuInfo("Quadro RTX 8000", "7.5")  # supported, but only when the build asked for it: rebuild
+    only_ada = _info(library="tensorrt_rtx", trt_version="1", target_compute_capabilities=["8.9"])
+    with pytest.raises(BackendError, match=r"compiled for compute capabilities 8.9 but this Quadro RTX 8000 is 7.5: "
+                                           r"rebuild it with `runtime build --onnx m.onnx --out m.plan "
+                                           r"--compute-capability 7.5,8.9`\.$"):
+        check_plan("m.plan", only_ada, "tensorrt_rtx", "1", turing)
+    with pytest.raises(BackendError, match=r"--compute-capability 8.9,12.0`"):  # a default target left out
+        check_plan("m.plan", only_ada, "tensorrt_rtx", "1", GpuInfo("RTX PRO 6000 Blackwell", "12.0"))
+    with pytest.raises(BackendError, match=r"is 9.0 \(TensorRT-RTX lists no support"):  # never Hopper
+        check_plan("m.plan", only_ada, "tensorrt_rtx", "1", H100)
+
+
+@pytest.mark.parametrize("cc,ok", [("7.0", False), ("7.5", True), ("8.0", True), ("8.6", True), ("8.7", False),
+                                   ("8.9", True), ("9.0", False), ("10.0", False), ("12.0", True), ("12.1", True)])
+def test_rtx_supports(cc, ok):
+    from segflow.runtime.trtlib import rtx_supports
+
+    assert rtx_supports(cc) is ok
 
 
 def test_plan_info_roundtrip_and_errors(tmp_path):
@@ -167,7 +182,7 @@ def test_backend_deserialisation_failure(tmp_path, monkeypatch):
 
     fake.Runtime = Runtime
     monkeypatch.setitem(sys.modules, "tensorrt", fake)
-    monkeypatch.setitem(sys.modules, "cupy", types.ModuleType("cupy"))
+    monkeypatch.setitem(sys.modules, "cupy", make_fake_cupy())
     monkeypatch.setattr(trt_backend, "gpu_info", lambda: ADA)
     with pytest.raises(BackendError, match=r"could not load plan .*m.plan \(corrupt file, or built for another GPU"):
         TensorRTBackend(_plan(tmp_path, _info())).activate()
@@ -192,7 +207,23 @@ def test_real_tensorrt_rtx_plan_without_gpu_is_refused(tmp_path, models_dir, mon
     with pytest.raises(BackendError, match="needs an NVIDIA GPU, but none is visible"):
         TensorRTBackend(res.field).activate()
     monkeypatch.setattr(trt_backend, "gpu_info", lambda: ADA)  # pretend: the library itself must refuse
-    if importlib.util.find_spec("cupy") is None:
-        monkeypatch.setitem(sys.modules, "cupy", types.ModuleType("cupy"))
-    with pytest.raises(BackendError, match="negx.plan"):
+    monkeypatch.setitem(sys.modules, "cupy", make_fake_cupy())
+    with pytest.raises(BackendError, match=r"(could not load|reports) plan .*negx.plan"):
         TensorRTBackend(res.field).activate()
+
+
+def test_cuda_that_cannot_start_is_one_sentence(tmp_path, monkeypatch):
+    """A driver too old for the CUDA runtime: CuPy's error inside one sentence naming the plan and the check."""
+    cp = make_fake_cupy()
+
+    def no_stream(*a, **k):
+        raise RuntimeError("cudaErrorInsufficientDriver: CUDA driver version is insufficient for CUDA runtime "
+                           "version")
+
+    cp.cuda.Stream = no_stream
+    monkeypatch.setitem(sys.modules, "tensorrt", make_fake_trt(version="11.4.0.106", executable=True))
+    monkeypatch.setitem(sys.modules, "cupy", cp)
+    monkeypatch.setattr(trt_backend, "gpu_info", lambda: ADA)
+    with pytest.raises(BackendError, match=r"^CUDA could not start for plan .*m.plan \(cudaErrorInsufficientDriver"
+                                           r".*\): check the NVIDIA driver with `nvidia-smi`"):
+        TensorRTBackend(_plan(tmp_path, _info())).activate()

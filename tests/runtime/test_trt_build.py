@@ -142,6 +142,8 @@ def test_build_call_sequence(fake_trt, model, tmp_path):
     assert ("set_shape", "features", (2, 2, tile, tile), (8, 2, tile, tile), (32, 2, tile, tile)) in shapes
     assert ("parse_from_file", "blur.onnx", True) in calls and ("parse_from_file", "blur.encoder.onnx", True) in calls
     assert calls.count(("build_serialized_network",)) == 2
+    assert fake_trt.build_flags == [set(), set()]  # TF32 (on by default) cleared: float32 maths in float32
+    assert fake_trt.logger_warnings == []  # both builds on the process's one logger
     assert not any(c[0] == "create_timing_cache" for c in calls)
     assert res.field.read_bytes() == b"PLAN:2" and res.encoder.name == "blur.encoder.plan"
     info = PlanInfo.read(res.field)
@@ -188,6 +190,7 @@ def test_fp16_build_parses_converted_graph(fake_trt, model, tmp_path):
     res = eng.build_engine(model, tmp_path / "h.plan", precision="fp16", conversion="segflow")
     parsed = [c[1] for c in fake_trt.calls if c[0] == "parse_from_file"]
     assert parsed == ["blur.fp16.onnx", "blur.encoder.fp16.onnx"]
+    assert fake_trt.build_flags == [set(), set()]  # the float32 ops the conversion keeps stay float32 (no TF32)
     info = PlanInfo.read(res.field)
     assert (info.precision, info.conversion, info.onnx) == ("fp16", "segflow", "blur.onnx")
 
