@@ -21,6 +21,7 @@ otherwise the host :class:`~segflow.runtime.session.Segmenter`.
 from __future__ import annotations
 
 import time
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -32,7 +33,7 @@ from segflow.runtime.session import Cancelled, Segmentation, Segmenter
 from segflow.runtime.tiling import extract_tile, plan_tiles
 
 from segflow.card import resolve_engine
-from segflow.errors import BackendError, InputError, require
+from segflow.errors import BackendError, InputError, MissingDependency, require_cupy
 from segflow.normalize import apply_norm
 
 __all__ = ["DeviceField", "DeviceFlowSDFSampler", "DeviceSegmenter", "reduce_samples", "NOISE_MODES", "to_host",
@@ -84,7 +85,7 @@ class DeviceFlowSDFSampler(FlowSDFSampler):
         super().__init__(field_backend, encoder_backend, settings, sigma_min=sigma_min)
         if noise not in NOISE_MODES:
             raise ValueError(f"noise must be one of {NOISE_MODES}, got {noise!r}")
-        self.xp = xp if xp is not None else require("cupy", "segflow[gpu]", "device-resident sampling")
+        self.xp = xp if xp is not None else require_cupy("device-resident sampling")
         self.noise = noise
 
     def _noise(self, rng: Any, seed: int, indices: list[int], chunk: list[tuple[int, int]], size: int, it: int
@@ -169,7 +170,7 @@ class DeviceSegmenter(Segmenter):
                  **kwargs: Any) -> None:
         if noise not in NOISE_MODES:
             raise InputError(f"noise {noise!r} is unknown: choose one of {', '.join(NOISE_MODES)}.")
-        self.xp = xp if xp is not None else require("cupy", "segflow[gpu]", "device-resident sampling")
+        self.xp = xp if xp is not None else require_cupy("device-resident sampling")
         self._cuda_graph, self.noise = cuda_graph, noise
         super().__init__(engine, **kwargs)
         if self.card.kind == "flowsdf":
@@ -251,12 +252,22 @@ class DeviceSegmenter(Segmenter):
 
 
 def cupy_with_gpu() -> Any:
-    """CuPy when it is installed and sees a GPU, else None."""
+    """CuPy when it is installed, sees a GPU and can compile kernels, else None.
+
+    A CuPy that sees a GPU but cannot load its kernel compiler (NVRTC) warns with the install command: sampling
+    then stays on the host rather than failing at the first array operation.
+    """
     try:
         import cupy
 
-        return cupy if cupy.cuda.runtime.getDeviceCount() > 0 else None
+        if cupy.cuda.runtime.getDeviceCount() <= 0:
+            return None
     except Exception:  # noqa: BLE001 - not installed, no driver, no device
+        return None
+    try:
+        return require_cupy("device-resident sampling")
+    except MissingDependency as exc:
+        warnings.warn(f"{exc} Until then sampling runs on the host.", RuntimeWarning, stacklevel=2)
         return None
 
 

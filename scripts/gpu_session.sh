@@ -10,7 +10,9 @@
 #   device: (same machine, still warm)                 scripts/gpu_session.sh test
 #   device:                                            scripts/gpu_session.sh bench
 #
-# On a workstation with network access: `pip install segflow[gpu] onnxruntime-gpu` and run `test` and `bench`.
+# On a workstation with network access: `pip install segflow[gpu]`, then swap ONNX Runtime for its GPU build
+# (`pip uninstall -y onnxruntime && pip install onnxruntime-gpu[cuda,cudnn]`; the two packages share one folder),
+# and run `test` and `bench`.
 # Results go to benchmarks/results/ (and to $OUT when that variable is set, so the device tool returns them).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -75,6 +77,10 @@ print("onnxruntime", ort.__version__, ort.get_available_providers())
 from segflow.runtime.backends.onnxrt import preload_cuda_libraries
 print("CUDA libraries ONNX Runtime could not load:", preload_cuda_libraries() or "none")
 print("cupy", cupy.__version__, cupy.cuda.runtime.getDeviceProperties(0)["name"])
+try:
+    print("NVRTC (CuPy's kernel compiler)", cupy.cuda.nvrtc.getVersion())
+except Exception as exc:  # noqa: BLE001
+    print("NVRTC unavailable (CuPy cannot compile kernels):", exc)
 try:
     import tensorrt_rtx as trt; print("tensorrt_rtx", trt.__version__)
 except Exception as exc:  # noqa: BLE001

@@ -65,3 +65,22 @@ def require(module: str, extra: str, purpose: str):
             f"{purpose} needs the Python module '{module}', which is not installed: "
             f"run `pip install {extra}`."
         ) from exc
+
+
+def require_cupy(purpose: str):
+    """CuPy, once it is known to compile kernels, or :class:`MissingDependency` naming the fix.
+
+    CuPy compiles its elementwise and reduction kernels at run time with NVRTC, which the plain ``cupy-cuda13x``
+    wheel does not bring (CuPy's docs: install the CUDA Toolkit, or ``cupy-cuda13x[ctk]``). Device queries work
+    without it, so a missing NVRTC would otherwise surface only at the first array operation of a run.
+    """
+    cp = require("cupy", "segflow[gpu]", purpose)
+    try:
+        cp.cuda.nvrtc.getVersion()
+    except Exception as exc:  # noqa: BLE001 - CuPy raises its loader's own error types
+        why = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        raise MissingDependency(
+            f"{purpose} needs CuPy's kernel compiler NVRTC, which CuPy cannot load ({why}): run "
+            f"`pip install \"cupy-cuda13x[ctk]\"` or install the CUDA 13 toolkit."
+        ) from exc
+    return cp

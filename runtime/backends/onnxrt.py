@@ -23,6 +23,7 @@ from __future__ import annotations
 import contextlib
 import io
 import os
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -32,6 +33,7 @@ from segflow.runtime.backends.base import Backend, TensorMeta
 from segflow.errors import BackendError, ModelCardError
 
 __all__ = ["OrtBackend", "physical_cores", "available_providers", "session_options", "providers_for",
+           "package_clash", "onnxruntime_packages", "cuda_provider_options",
            "preload_cuda_libraries"]
 
 _ORT_DTYPES = {
@@ -71,6 +73,44 @@ def available_providers() -> list[str]:
     return list(ort.get_available_providers())
 
 
+def onnxruntime_packages() -> list[str]:
+    """The installed distributions that provide the ``onnxruntime`` module (``onnxruntime``, ``onnxruntime-gpu``,
+    ...). They all install into one folder, so with two of them the last one installed wins, file by file."""
+    from importlib.metadata import distributions
+
+    names = set()
+    for dist in distributions():
+        name = (dist.metadata["Name"] or "").lower().replace("_", "-")
+        if name.startswith(("onnxruntime", "ort-")) and any(  # not onnxruntime-extensions, -genai, ...
+                str(f).replace("\\", "/") == "onnxruntime/__init__.py" for f in dist.files or ()):
+            names.add(name)
+    return sorted(names)
+
+
+def _cuda_provider_files() -> bool:
+    """Whether the ``onnxruntime`` folder holds a CUDA provider library (left there by a GPU build)."""
+    import onnxruntime as ort
+
+    return any((Path(ort.__file__).parent / "capi").glob("*onnxruntime_providers_cuda*"))
+
+
+def package_clash() -> str | None:
+    """The fix when ``onnxruntime`` and a GPU build (``onnxruntime-gpu``) are both installed, else None.
+
+    The CPU package installed after the GPU one overwrites its files, and the CUDA provider disappears;
+    uninstalling either one afterwards removes files the other needs. The cure is to remove both and reinstall
+    the GPU package alone.
+    """
+    if not _cuda_provider_files():
+        return None  # no GPU build's files in the folder: nothing to clash (and no package metadata to read)
+    pkgs = onnxruntime_packages()
+    gpu = [p for p in pkgs if p != "onnxruntime"]
+    if "onnxruntime" not in pkgs or not gpu:
+        return None
+    return (f"onnxruntime and {gpu[0]} are both installed and share one folder, which hides the CUDA provider: "
+            f"run `pip uninstall -y onnxruntime {gpu[0]} && pip install {gpu[0]}`")
+
+
 def providers_for(device: str) -> list[str]:
     """Explicit provider list for ``device`` (see the module docstring)."""
     if device not in DEVICES:
@@ -80,12 +120,22 @@ def providers_for(device: str) -> list[str]:
         return ["CPUExecutionProvider"]
     if "CUDAExecutionProvider" in have:
         return ["CUDAExecutionProvider", "CPUExecutionProvider"]
+    clash = package_clash()
     if device == "cuda":
+        fix = clash if clash else "install onnxruntime-gpu"
         raise BackendError(
             f"the CUDA execution provider is not available (this onnxruntime offers {have}): "
-            f"install onnxruntime-gpu or choose --backend cpu."
+            f"{fix} or choose --backend cpu."
         )
+    if clash:
+        warnings.warn(f"{clash}; until then segflow runs on the CPU.", RuntimeWarning, stacklevel=3)
     return ["CPUExecutionProvider"]
+
+
+def cuda_provider_options(device_id: int = 0) -> dict[str, str]:
+    """Options for ``CUDAExecutionProvider``: the device; the arena grown by what is asked (the sampler's shapes
+    repeat, so doubling only wastes memory); TF32 off, so float32 ops compute in float32 (as TensorRT plans)."""
+    return {"device_id": str(int(device_id)), "arena_extend_strategy": "kSameAsRequested", "use_tf32": "0"}
 
 
 _preload_failures: list[str] | None = None
@@ -171,8 +221,10 @@ class OrtBackend(Backend):
         providers = providers_for(self.device)
         failures = preload_cuda_libraries() if "CUDAExecutionProvider" in providers else []
         opts = session_options(threads=self.threads, allow_spinning=self.allow_spinning)
+        chosen = [(p, cuda_provider_options(self._cuda_device())) if p == "CUDAExecutionProvider" else p
+                  for p in providers]
         try:
-            sess = ort.InferenceSession(str(self.path), sess_options=opts, providers=providers)
+            sess = ort.InferenceSession(str(self.path), sess_options=opts, providers=chosen)
         except Exception as exc:  # noqa: BLE001 - ORT raises several types for corrupt files
             raise ModelCardError(
                 f"{self.path} is not a readable ONNX model ({type(exc).__name__}): re-export it.") from exc
@@ -189,6 +241,10 @@ class OrtBackend(Backend):
         self.session = sess
         self._inputs = _meta(sess.get_inputs())
         self._outputs = _meta(sess.get_outputs())
+
+    def _cuda_device(self) -> int:
+        """The CUDA device the provider runs on (0: the first visible one; ``CUDA_VISIBLE_DEVICES`` picks)."""
+        return 0
 
     def _infer(self, feed: dict[str, Any], to_host: bool) -> dict[str, Any]:
         outs = self.session.run(None, feed)

@@ -17,7 +17,7 @@ from typing import Any
 import numpy as np
 from segflow.runtime.backends.onnxrt import OrtBackend
 
-from segflow.errors import require
+from segflow.errors import require_cupy
 
 __all__ = ["OrtCudaBackend", "is_device_array"]
 
@@ -34,8 +34,9 @@ class OrtCudaBackend(OrtBackend):
     ----------
     path : str or Path
         The ``.onnx`` file.
-    device_id : int
-        CUDA device.
+    device_id : int, optional
+        CUDA device of the provider and of the bound buffers; default: CuPy's current device, where the CuPy
+        arrays that are bound live.
     """
 
     name = "onnxruntime-cuda"
@@ -43,15 +44,20 @@ class OrtCudaBackend(OrtBackend):
     #: binding code on ONNX Runtime's CPU provider with a numpy-backed CuPy stand-in.
     device_type = "cuda"
 
-    def __init__(self, path: str | Path, *, device_id: int = 0, **options: Any) -> None:
+    def __init__(self, path: str | Path, *, device_id: int | None = None, **options: Any) -> None:
         options.pop("device", None)
         super().__init__(path, device=self.device_type, **options)
-        self.device_id = int(device_id)
+        self.device_id = None if device_id is None else int(device_id)
         self.cp: Any = None
 
     def _activate(self) -> None:
-        self.cp = require("cupy", "segflow[gpu]", "device-resident ONNX Runtime inference")
+        self.cp = require_cupy("device-resident ONNX Runtime inference")
+        if self.device_id is None:
+            self.device_id = int(self.cp.cuda.Device().id)
         super()._activate()
+
+    def _cuda_device(self) -> int:
+        return int(self.device_id)
 
     def _infer(self, feed: dict[str, Any], to_host: bool) -> dict[str, Any]:
         if to_host and not any(is_device_array(a) for a in feed.values()):

@@ -39,7 +39,7 @@ import numpy as np
 from segflow.runtime.backends.base import Backend, TensorMeta
 from segflow.runtime.trtlib import PlanInfo, check_plan, gpu_info, import_trt, rebuild_hint, trt_logger
 
-from segflow.errors import BackendError, ModelCardError, require
+from segflow.errors import BackendError, ModelCardError, require_cupy
 from segflow.imageio import atomic_path
 
 __all__ = ["TensorRTBackend", "check_profile", "validity_error", "runtime_cache_path"]
@@ -134,7 +134,7 @@ class TensorRTBackend(Backend):
         trt = import_trt(self.info.library)
         for w in check_plan(self.path, self.info, self.info.library, str(trt.__version__), gpu_info()):
             warnings.warn(w, RuntimeWarning, stacklevel=3)
-        self.cp = require("cupy", "segflow[gpu]", "running TensorRT plans")
+        self.cp = require_cupy("running TensorRT plans")
         self.trt = trt
         if self.cuda_graph:
             native = self.info.library == "tensorrt_rtx" and hasattr(trt, "CudaGraphStrategy")

@@ -472,7 +472,9 @@ def make_fake_cupy(gpu_name: str = "Fake GPU 9.0", compute_capability: tuple[int
     runtime = types.SimpleNamespace(getDeviceCount=lambda: 1, getDevice=lambda: 0,
                                     deviceSynchronize=lambda: Device().synchronize(),
                                     getDeviceProperties=lambda i: dict(props))
+    nvrtc = types.SimpleNamespace(getVersion=lambda: (13, 0))  # the kernel compiler loads
     cp.cuda = types.SimpleNamespace(Stream=Stream, Event=Event, Device=Device, get_current_stream=get_current_stream,
+                                    nvrtc=nvrtc,
                                     UnownedMemory=UnownedMemory, MemoryPointer=MemoryPointer, runtime=runtime,
                                     graph=types.SimpleNamespace(Graph=Graph), submit=submit, streams=streams,
                                     note_access=note_access)

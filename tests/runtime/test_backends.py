@@ -150,3 +150,71 @@ def test_concurrent_infer_is_safe(models_dir, models_meta):
         for e, g in zip(expected, got, strict=True):
             np.testing.assert_array_equal(e, g)
         assert b.calls == 4 + 20
+
+
+@pytest.mark.filterwarnings("ignore:Specified provider 'CUDAExecutionProvider'")
+def test_cuda_provider_gets_its_options(models_dir, monkeypatch):
+    """The CUDA provider is started with its device, an arena grown by what is asked, and TF32 off."""
+    import onnxruntime as ort
+    from segflow.runtime.backends import onnxrt
+
+    seen = []
+    real = ort.InferenceSession
+
+    def spy(path, sess_options=None, providers=None):
+        seen.append(providers)
+        return real(path, sess_options=sess_options, providers=["CPUExecutionProvider"])
+
+    monkeypatch.setattr(ort, "InferenceSession", spy)
+    monkeypatch.setattr(onnxrt, "available_providers", lambda: ["CUDAExecutionProvider", "CPUExecutionProvider"])
+    monkeypatch.setattr(onnxrt, "preload_cuda_libraries", lambda: [])
+    with OrtBackend(models_dir / "negx.onnx", device="auto"):
+        pass
+    with OrtBackend(models_dir / "negx.onnx", device="cpu"):
+        pass
+    opts = {"device_id": "0", "arena_extend_strategy": "kSameAsRequested", "use_tf32": "0"}
+    assert seen == [[("CUDAExecutionProvider", opts), "CPUExecutionProvider"], ["CPUExecutionProvider"]]
+
+
+def _dist(site, name, module):
+    """A minimal installed distribution: METADATA and a RECORD naming its module's __init__.py."""
+    info = site / f"{name.replace('-', '_')}-1.0.dist-info"
+    info.mkdir()
+    (info / "METADATA").write_text(f"Metadata-Version: 2.1\nName: {name}\nVersion: 1.0\n")
+    (info / "RECORD").write_text(f"{module}/__init__.py,,\n{info.name}/METADATA,,\n")
+
+
+def test_onnxruntime_packages_are_found_by_the_module_they_install(tmp_path, monkeypatch):
+    from segflow.runtime.backends import onnxrt
+
+    for name, module in (("onnxruntime-gpu", "onnxruntime"), ("onnxruntime-extensions", "onnxruntime_extensions"),
+                         ("ort-nightly-gpu", "onnxruntime")):
+        _dist(tmp_path, name, module)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    found = onnxrt.onnxruntime_packages()
+    assert {"onnxruntime-gpu", "ort-nightly-gpu"} <= set(found) and "onnxruntime-extensions" not in found
+
+
+def test_cpu_and_gpu_packages_side_by_side_are_named_with_the_cure(models_dir, monkeypatch):
+    """onnxruntime and onnxruntime-gpu in one environment: the CUDA provider is gone. --backend cuda says why
+    and how to repair it; auto warns and runs on the CPU."""
+    from segflow.runtime.backends import onnxrt
+
+    monkeypatch.setattr(onnxrt, "available_providers", lambda: ["AzureExecutionProvider", "CPUExecutionProvider"])
+    monkeypatch.setattr(onnxrt, "_cuda_provider_files", lambda: True)
+    monkeypatch.setattr(onnxrt, "onnxruntime_packages", lambda: ["onnxruntime", "onnxruntime-gpu"])
+    cure = r"pip uninstall -y onnxruntime onnxruntime-gpu && pip install onnxruntime-gpu"
+    with pytest.raises(BackendError, match=r"onnxruntime and onnxruntime-gpu are both installed and share one "
+                                           r"folder, which hides the CUDA provider: run `" + cure.replace("+", r"\+")
+                       + r"` or choose --backend cpu\.$"):
+        OrtBackend(models_dir / "negx.onnx", device="cuda").activate()
+    with pytest.warns(RuntimeWarning, match="both installed.*until then segflow runs on the CPU"):
+        with OrtBackend(models_dir / "negx.onnx", device="auto") as b:
+            assert b.providers == ["CPUExecutionProvider"]
+
+    monkeypatch.setattr(onnxrt, "onnxruntime_packages", lambda: ["onnxruntime"])  # a plain CPU install
+    with pytest.raises(BackendError, match=r"offers .*: install onnxruntime-gpu or choose --backend cpu\.$"):
+        OrtBackend(models_dir / "negx.onnx", device="cuda").activate()
+    monkeypatch.setattr(onnxrt, "onnxruntime_packages", lambda: ["onnxruntime", "onnxruntime-gpu"])
+    monkeypatch.setattr(onnxrt, "_cuda_provider_files", lambda: False)  # no GPU build's files: no clash
+    assert onnxrt.package_clash() is None

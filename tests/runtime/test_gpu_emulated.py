@@ -652,3 +652,38 @@ def test_shipped_model_as_a_plan_with_cuda_graphs_matches_cpu(cp, trt, tmp_path)
     np.testing.assert_array_equal(gpu, cpu)
     assert cpu.max() > 30 and cp.stats["graph_launches"] > 0
     assert json.loads((tmp_path / "gpu" / "monuseg_val_crop.json").read_text())["backend"]["device_resident"]
+
+
+@pytest.mark.filterwarnings("ignore:Specified provider 'CUDAExecutionProvider'")
+def test_cupy_that_cannot_compile_kernels(blur_copy, plan, monkeypatch):
+    """CuPy sees the GPU but cannot load NVRTC (plain cupy-cuda13x, no CUDA toolkit): a TensorRT plan stops
+    before any work with the install command; ``auto`` on an .onnx model warns and samples on the host."""
+    from types import SimpleNamespace
+
+    from segflow.runtime import gpu
+    from segflow.runtime.backends import onnxrt
+
+    from segflow.errors import MissingDependency, require_cupy
+
+    broken = make_fake_cupy()
+
+    def no_nvrtc():
+        raise RuntimeError('Failure finding "libnvrtc.so.13 or libnvrtc.so.12": No such file\nmore detail')
+
+    broken.cuda.nvrtc = SimpleNamespace(getVersion=no_nvrtc)
+    monkeypatch.setitem(sys.modules, "cupy", broken)
+    fix = r"\(Failure finding \"libnvrtc.so.13 or libnvrtc.so.12\": No such file\): run `pip install " \
+          r"\"cupy-cuda13x\[ctk\]\"` or install the CUDA 13 toolkit\."
+    with pytest.raises(MissingDependency, match=r"^device-resident sampling needs CuPy's kernel compiler NVRTC, which "
+                                                r"CuPy cannot load " + fix + "$"):
+        with gpu.open_segmenter(plan, threads=1, **KW):
+            pass
+    with pytest.raises(MissingDependency, match="NVRTC"):
+        require_cupy("x")
+    monkeypatch.setattr(onnxrt, "available_providers", lambda: ["CUDAExecutionProvider", "CPUExecutionProvider"])
+    monkeypatch.setattr("segflow.runtime.backends.ort_cuda.OrtCudaBackend.device_type", "cpu")
+    with pytest.warns(RuntimeWarning, match=fix[:-2] + r"\. Until then sampling runs on the host\.$"):
+        assert gpu.cupy_with_gpu() is None
+    with pytest.warns(RuntimeWarning, match="NVRTC"):
+        with gpu.open_segmenter(blur_copy, threads=1, **KW) as seg:
+            assert type(seg) is Segmenter

