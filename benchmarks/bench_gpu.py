@@ -4,20 +4,23 @@ Measures, in one run on one GPU:
 
 1. per-patch latency of 4 samples x 4 NFE (Euler, 4 steps) at 128^2: segflow's device-resident sampler on
    ONNX Runtime CUDA (I/O binding; fp32 with noise uploaded from the host or drawn on the device, and the
-   fp16-converted graph) and, when a TensorRT library is installed, on a TensorRT fp16 plan; a
-   PyTorch-eager reference-style sampler (encoder recomputed at every step, as the reference code does) and a
-   PyTorch-eager sampler with the encoder cached;
-2. a 1000 x 1000 image at K = 4, 4 NFE, stride 64 (225 tiles) through :class:`DeviceSegmenter`.
+   fp16-converted graph) and, when a TensorRT library is installed, on a TensorRT fp16 plan; in fp16 and in
+   fp32, a PyTorch-eager reference-style sampler (encoder recomputed at every step, as the reference code
+   does) and a PyTorch-eager sampler with the encoder cached;
+2. a 1000 x 1000 image at K = 4, 4 NFE, stride 64 (225 tiles) through :class:`DeviceSegmenter` (not for the
+   device-noise row, whose patch time already shows the generator's cost).
 
-Each time sits next to the FLOP floor. The FLOPs are counted here (PyTorch's FlopCounterMode on meta
-tensors, 2 per multiply-add): 454.6 GFLOP per 128^2 forward of the `paper` net, 63 % in the encoder, as in
-DESIGN.md, so one patch (encoder once, 16 field evaluations) is 287.6 + 16 x 167.1 GFLOP; the floor divides
-it by the GPU's fp16 peak measured here with a large matrix product. Writes a table and
-``benchmarks/results/bench_gpu.json``. Without a GPU it exits with one line.
+Each time sits next to the FLOP floor of its own precision, and is compared with the PyTorch reference of
+that precision. The FLOPs are counted here (PyTorch's FlopCounterMode on meta tensors, 2 per multiply-add):
+454.6 GFLOP per 128^2 forward of the `paper` net, 63 % in the encoder, as in DESIGN.md, so one patch (encoder
+once, 16 field evaluations) is 287.6 + 16 x 167.1 GFLOP; the floor divides it by the GPU's matmul peak in
+fp16, or in fp32 without TF32, measured here with a large matrix product. Prints each row as it finishes and
+rewrites ``benchmarks/results/bench_gpu.json`` after each, so a run cut short keeps its rows. Without a GPU it
+exits with one line.
 
 ``--smoke`` runs every step on the CPU instead (numpy in place of CuPy, ONNX Runtime's CPU provider, PyTorch
-fp32, the matmul peak in fp32), meant with a small network (``--base 8 --tile 32 --image-size 96 --stride 16``): it
-checks the script end to end where no GPU is lent; its times are not GPU numbers.
+and the matmul peaks on the CPU), meant with a small network (``--base 8 --tile 32 --image-size 96 --stride
+16``): it checks the script end to end where no GPU is lent; its times are not GPU numbers.
 
     python benchmarks/bench_gpu.py [--skip-image] [--reps 20]
     python benchmarks/bench_gpu.py --smoke --preset lite --base 8 --tile 32 --image-size 96 --stride 16 --reps 2 \
@@ -45,6 +48,9 @@ OUT = Path(__file__).resolve().parent / "results"
 DESIGN_PAPER_GFLOP, DESIGN_PAPER_ENCODER_SHARE = 454.6, 0.63  # DESIGN.md, per 128^2 forward
 
 
+PRECISIONS = ("fp16", "fp32")  # each row's floor and reference are those of its own precision
+
+
 @dataclass
 class Target:
     """Where the run happens: the array module and synchronisation of segflow, and PyTorch's device."""
@@ -53,10 +59,9 @@ class Target:
     xp: Any
     sync: Callable[[], None]
     torch_device: str
-    torch_dtype: Any
     torch_sync: Callable[[], None]
-    precision: str  # PyTorch's and the matmul peak's
     ort_label: str
+    matmul_n: int  # side of the square matrices of the peak measurement
 
 
 def gpu_target() -> Target | None:
@@ -67,14 +72,23 @@ def gpu_target() -> Target | None:
         return None
     import torch
 
-    return Target("cuda", cupy, cupy.cuda.runtime.deviceSynchronize, "cuda", torch.float16, torch.cuda.synchronize,
-                  "fp16", "segflow_ort_cuda_fp32")
+    torch.backends.cuda.matmul.allow_tf32 = False  # fp32 means fp32 (PyTorch's default; segflow's plans too)
+    torch.backends.cudnn.allow_tf32 = False
+    return Target("cuda", cupy, cupy.cuda.runtime.deviceSynchronize, "cuda", torch.cuda.synchronize,
+                  "segflow_ort_cuda", 8192)
 
 
 def cpu_target() -> Target:
-    import torch
+    return Target("cpu", np, lambda: None, "cpu", lambda: None, "segflow_ort_cpu", 512)
 
-    return Target("cpu", np, lambda: None, "cpu", torch.float32, lambda: None, "fp32", "segflow_ort_cpu_fp32")
+
+def torch_dtype(torch, precision: str):
+    return {"fp16": torch.float16, "fp32": torch.float32}[precision]
+
+
+def row_precision(name: str) -> str:
+    """``fp16`` or ``fp32``, from the row's name."""
+    return "fp16" if "fp16" in name else "fp32"
 
 
 def timeit(fn, sync, reps: int) -> float:
@@ -92,11 +106,11 @@ def timeit(fn, sync, reps: int) -> float:
     return float(np.median(times))
 
 
-def peak_tflops(torch, target: Target) -> float:
-    """Dense matmul throughput in the precision PyTorch runs in (fp16 on the GPU, fp32 on the CPU)."""
-    n = 8192 if target.name == "cuda" else 1024
-    a = torch.randn(n, n, device=target.torch_device, dtype=target.torch_dtype)
-    b = torch.randn(n, n, device=target.torch_device, dtype=target.torch_dtype)
+def peak_tflops(torch, target: Target, precision: str) -> float:
+    """Dense matmul throughput in ``precision`` (fp32 without TF32)."""
+    n, dt = target.matmul_n, torch_dtype(torch, precision)
+    a = torch.randn(n, n, device=target.torch_device, dtype=dt)
+    b = torch.randn(n, n, device=target.torch_device, dtype=dt)
     t = timeit(lambda: a @ b, target.torch_sync, 10)
     return 2 * n**3 / t / 1e12
 
@@ -128,10 +142,10 @@ def fp16_copy(tmp: Path) -> Path:
     return convert_engine(tmp / "net.onnx", tmp / "fp16" / "net.onnx", conversion="segflow", check=False).field
 
 
-def torch_samplers(model, reps: int, tile: int, target: Target) -> dict[str, float]:
+def torch_samplers(model, reps: int, tile: int, target: Target, precision: str) -> dict[str, float]:
     import torch
 
-    dev, dt = target.torch_device, target.torch_dtype
+    dev, dt = target.torch_device, torch_dtype(torch, precision)
     m = model.to(dev, dt).eval()
     img = torch.randn(1, m.cfg.in_channels, tile, tile, device=dev, dtype=dt)
     x0 = torch.randn(K, 1, tile, tile, device=dev, dtype=dt)
@@ -153,8 +167,8 @@ def torch_samplers(model, reps: int, tile: int, target: Target) -> dict[str, flo
             x = x + m.field(x, torch.full((K,), i / NFE, device=dev, dtype=dt), feats) / NFE
         return x
 
-    return {f"torch_eager_reference_{target.precision}": timeit(reference, target.torch_sync, reps),
-            f"torch_eager_cached_encoder_{target.precision}": timeit(cached, target.torch_sync, reps)}
+    return {f"torch_eager_reference_{precision}": timeit(reference, target.torch_sync, reps),
+            f"torch_eager_cached_encoder_{precision}": timeit(cached, target.torch_sync, reps)}
 
 
 def segflow_patch(engine: Path, reps: int, tile: int, target: Target, **kw) -> float:
@@ -202,75 +216,90 @@ def main(argv: list[str] | None = None) -> int:
               "CPU).")
         return 0
     import torch
+    from segflow.runtime.tiling import plan_tiles
     from segflow.trainer.nets import NetConfig
 
     cfg = NetConfig.from_name(args.preset, base=args.base)
     tile = args.tile
     enc_gf, field_gf = model_flops(cfg, tile)
-    rows: dict[str, dict] = {}
-    peak = peak_tflops(torch, target)
     patch_gf = enc_gf + K * NFE * field_gf
-    floor_patch = patch_gf / 1e3 / peak
-    image_tiles = None
+    image_tiles = None if args.skip_image else len(plan_tiles((args.image_size, args.image_size), tile, args.stride))
+    image_gf = image_tiles * patch_gf if image_tiles else None
+    peaks = {p: peak_tflops(torch, target, p) for p in PRECISIONS}
+    floors = {p: {"patch_s": patch_gf / 1e3 / peaks[p], "image_s": image_gf / 1e3 / peaks[p] if image_gf else None}
+              for p in PRECISIONS}
+    device = torch.cuda.get_device_name() if target.name == "cuda" else "CPU (smoke run, not GPU numbers)"
+    rows: dict[str, dict] = {}
+    args.out.mkdir(parents=True, exist_ok=True)
+
+    def record(name: str, row: dict) -> None:
+        """Add a row, print it and rewrite the JSON: a run cut short keeps every finished row."""
+        prec = row_precision(name)
+        ref = rows.get(f"torch_eager_reference_{prec}", row if name.startswith("torch_eager_reference") else None)
+        if "patch_s" in row:
+            row["x_floor"] = row["patch_s"] / floors[prec]["patch_s"]
+            if ref is not None and "patch_s" in ref:
+                row["speedup_vs_reference"] = ref["patch_s"] / row["patch_s"]
+        rows[name] = row
+        if "patch_s" not in row:
+            print(f"{name:34s} {row['error']}", flush=True)
+        else:
+            img = f"{row['image_s']:9.3f}" if "image_s" in row else f"  {row['image_error']}" if "image_error" in \
+                row else f"{'-':>9s}"
+            vs = f"{row['speedup_vs_reference']:7.2f}" if "speedup_vs_reference" in row else f"{'-':>7s}"
+            print(f"{name:34s} {row['patch_s'] * 1e3:9.2f} {row['x_floor']:8.1f} {vs} {img}", flush=True)
+        (args.out / "bench_gpu.json").write_text(json.dumps({
+            "device": device, "target": target.name, "peak_tflops": peaks,
+            "encoder_gflop": enc_gf, "field_gflop": field_gf, "patch_gflop": patch_gf, "image_gflop": image_gf,
+            "floors": floors, "rows": rows,
+            "settings": {"K": K, "nfe": NFE, "tile": tile, "stride": args.stride, "preset": args.preset,
+                         "base": cfg.base, "image_size": args.image_size, "image_tiles": image_tiles}}, indent=1))
+
+    print(f"{device}  {args.preset} (base {cfg.base}) at {tile}^2: encoder {enc_gf:.4g} + field {field_gf:.4g} "
+          f"GFLOP per forward ({enc_gf / (enc_gf + field_gf):.0%} encoder)")
+    for p in PRECISIONS:
+        img_floor = f", {args.image_size}^2 image {floors[p]['image_s']:.3f} s" if image_gf else ""
+        print(f"{p} matmul peak {peaks[p]:.1f} TFLOP/s  floor: patch {floors[p]['patch_s'] * 1e3:.3f} ms{img_floor}")
+    print(f"{'runner':34s} {'patch ms':>9s} {'x floor':>8s} {'vs ref':>7s} {'image s':>9s}", flush=True)
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
         model = export_random(cfg, tile, tmp / "net.onnx", threshold=0.03)
-        for name, t in torch_samplers(model, args.reps, tile, target).items():
-            rows[name] = {"patch_s": t}
-        # device noise: one CuPy generator per group of tiles (its cuRAND state set-up included);
+        for p in PRECISIONS:
+            try:
+                for name, t in torch_samplers(model, args.reps, tile, target, p).items():
+                    record(name, {"patch_s": t})
+            except Exception as exc:  # noqa: BLE001 - report, keep the other rows
+                record(f"torch_eager_reference_{p}", {"error": f"{type(exc).__name__}: {exc}"})
+        # device noise: one CuPy generator per group of tiles (its cuRAND state set-up included), patch only;
         # fp16: the graph converted by the runtime's cast pass (what `runtime build --precision fp16` feeds
         # TensorRT), run by ONNX Runtime — the fast path where no TensorRT library can be installed
-        runs = [(target.ort_label, tmp / "net.onnx", {}),
-                (f"{target.ort_label}_device_noise", tmp / "net.onnx", {"noise": "device"}),
-                (target.ort_label.replace("fp32", "fp16"), fp16_copy(tmp), {})]
+        runs = [(f"{target.ort_label}_fp32", tmp / "net.onnx", {}, True),
+                (f"{target.ort_label}_fp32_device_noise", tmp / "net.onnx", {"noise": "device"}, False),
+                (f"{target.ort_label}_fp16", fp16_copy(tmp), {}, True)]
         if not args.skip_tensorrt and target.name == "cuda":
             try:
                 from segflow.runtime.engine import build_engine
 
                 res = build_engine(tmp / "net.onnx", tmp / "net.plan", precision="fp16", batch=(1, 16, 64),
                                    workspace_bytes=8 << 30)
-                runs.append(("segflow_tensorrt_fp16", res.field, {"cuda_graph": True}))
+                runs.append(("segflow_tensorrt_fp16", res.field, {"cuda_graph": True}, True))
             except Exception as exc:  # noqa: BLE001 - report, keep the other rows
-                rows["segflow_tensorrt_fp16"] = {"error": f"{type(exc).__name__}: {exc}"}
-        for label, engine, kw in runs:
+                record("segflow_tensorrt_fp16", {"error": f"{type(exc).__name__}: {exc}"})
+        for label, engine, kw, whole_image in runs:
             try:
-                rows[label] = {"patch_s": segflow_patch(engine, args.reps, tile, target, **kw)}
+                row = {"patch_s": segflow_patch(engine, args.reps, tile, target, **kw)}
             except Exception as exc:  # noqa: BLE001 - report, keep the other rows
-                rows[label] = {"error": f"{type(exc).__name__}: {exc}"}
+                record(label, {"error": f"{type(exc).__name__}: {exc}"})
                 continue
-            if not args.skip_image:
+            if whole_image and not args.skip_image:
                 try:
-                    rows[label]["image_s"], image_tiles = segflow_image(engine, args.image_size, args.stride,
-                                                                        target, **kw)
+                    row["image_s"], tiles = segflow_image(engine, args.image_size, args.stride, target, **kw)
+                    assert tiles == image_tiles, (tiles, image_tiles)
                 except Exception as exc:  # noqa: BLE001
-                    rows[label]["image_error"] = f"{type(exc).__name__}: {exc}"
+                    row["image_error"] = f"{type(exc).__name__}: {exc}"
+            record(label, row)
         shutil.rmtree(tmp, ignore_errors=True)
-    image_gf = image_tiles * (enc_gf + K * NFE * field_gf) if image_tiles else None
-    floor_image = image_gf / 1e3 / peak if image_gf else None
-    ref = next(r["patch_s"] for n, r in rows.items() if n.startswith("torch_eager_reference"))
-    for r in rows.values():
-        if "patch_s" in r:
-            r["x_floor"], r["speedup_vs_reference"] = r["patch_s"] / floor_patch, ref / r["patch_s"]
-    device = torch.cuda.get_device_name() if target.name == "cuda" else "CPU (smoke run, not GPU numbers)"
-    print(f"{device}  {args.preset} (base {cfg.base}) at {tile}^2: encoder {enc_gf:.4g} + field {field_gf:.4g} "
-          f"GFLOP per forward ({enc_gf / (enc_gf + field_gf):.0%} encoder)")
-    img_floor = f", {args.image_size}^2 image {floor_image:.3f} s" if floor_image else ""
-    print(f"{target.precision} matmul peak {peak:.1f} TFLOP/s  floor: patch {floor_patch * 1e3:.3f} ms{img_floor}")
-    print(f"{'runner':34s} {'patch ms':>9s} {'x floor':>8s} {'vs ref':>7s} {'image s':>9s}")
-    for name, r in rows.items():
-        if "error" in r:
-            print(f"{name:34s} {r['error']}")
-            continue
-        img = f"{r['image_s']:9.3f}" if "image_s" in r else f"  {r['image_error']}" if "image_error" in r else \
-            f"{'-':>9s}"
-        print(f"{name:34s} {r['patch_s'] * 1e3:9.2f} {r['x_floor']:8.1f} {r['speedup_vs_reference']:7.2f} {img}")
-    args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / "bench_gpu.json").write_text(json.dumps({
-        "device": device, "target": target.name, "peak_tflops": peak, "peak_precision": target.precision,
-        "encoder_gflop": enc_gf, "field_gflop": field_gf, "patch_gflop": patch_gf, "image_gflop": image_gf,
-        "floor_patch_s": floor_patch, "floor_image_s": floor_image, "rows": rows,
-        "settings": {"K": K, "nfe": NFE, "tile": tile, "stride": args.stride, "preset": args.preset, "base": cfg.base,
-                     "image_size": args.image_size, "image_tiles": image_tiles}}, indent=1))
+    print(f"wrote {args.out / 'bench_gpu.json'}")
     return 0
 
 

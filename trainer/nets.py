@@ -231,7 +231,10 @@ class VectorFieldUNet(nn.Module):
 
     def embed(self, t: torch.Tensor, label: torch.Tensor | None) -> torch.Tensor:
         """Time (and label) embedding, shape ``[B, 4 * base]``; a missing label means the null label 0."""
-        emb = self.time_embed(timestep_embedding(t * self.cfg.time_scale, self.cfg.base))
+        temb = timestep_embedding(t * self.cfg.time_scale, self.cfg.base)  # computed in float32
+        if t.is_floating_point() and temb.dtype != t.dtype:
+            temb = temb.to(t.dtype)  # a half / bfloat16 model: its Linear layers take their own dtype
+        emb = self.time_embed(temb)
         if self.label_emb is not None:
             if label is None:
                 label = torch.zeros(t.shape[0], dtype=torch.int64, device=t.device)

@@ -1,8 +1,8 @@
 """benchmarks/bench_gpu.py: its FLOP count reproduces DESIGN.md, and the whole script runs (on the CPU).
 
 The GPU run needs a lent GPU and has to work the first time it gets one, so the script's every step (FLOP count,
-export, PyTorch samplers, segflow's device sampler on a patch and on a whole image, the table and the JSON) is
-run here with ``--smoke``: numpy in place of CuPy, ONNX Runtime's CPU provider, a width-8 network.
+export, PyTorch samplers in fp16 and fp32, segflow's device sampler on a patch and on a whole image, the table and
+the JSON) is run here with ``--smoke``: numpy in place of CuPy, ONNX Runtime's CPU provider, a width-8 network.
 """
 
 from __future__ import annotations
@@ -46,12 +46,22 @@ def test_smoke_run_writes_every_row(bench, tmp_path, capsys):
     res = json.loads((tmp_path / "bench_gpu.json").read_text())
     rows = res["rows"]
     assert set(rows) == {"torch_eager_reference_fp32", "torch_eager_cached_encoder_fp32", "segflow_ort_cpu_fp32",
-                         "segflow_ort_cpu_fp32_device_noise", "segflow_ort_cpu_fp16"}
+                         "segflow_ort_cpu_fp32_device_noise", "segflow_ort_cpu_fp16",
+                         "torch_eager_reference_fp16", "torch_eager_cached_encoder_fp16"}  # fp16 PyTorch runs too
     assert all(r["patch_s"] > 0 for r in rows.values())
-    assert rows["segflow_ort_cpu_fp32"]["image_s"] > 0 and rows["segflow_ort_cpu_fp32_device_noise"]["image_s"] > 0
+    assert rows["segflow_ort_cpu_fp32"]["image_s"] > 0 and rows["segflow_ort_cpu_fp16"]["image_s"] > 0
+    assert "image_s" not in rows["segflow_ort_cpu_fp32_device_noise"]  # patch only
     assert res["settings"]["image_tiles"] == 9  # (64 - 32) / 16 + 1 = 3 tiles a side
     assert res["patch_gflop"] == pytest.approx(res["encoder_gflop"] + 16 * res["field_gflop"])
-    assert res["floor_patch_s"] == pytest.approx(res["patch_gflop"] / 1e3 / res["peak_tflops"])
+    for p in ("fp16", "fp32"):  # each row against the floor and the PyTorch reference of its own precision
+        floor = res["floors"][p]["patch_s"]
+        assert floor == pytest.approx(res["patch_gflop"] / 1e3 / res["peak_tflops"][p])
+        assert res["floors"][p]["image_s"] == pytest.approx(9 * floor)
+        ref = rows[f"torch_eager_reference_{p}"]["patch_s"]
+        for name, r in rows.items():
+            if p in name:
+                assert r["x_floor"] == pytest.approx(r["patch_s"] / floor)
+                assert r["speedup_vs_reference"] == pytest.approx(ref / r["patch_s"])
     assert rows["torch_eager_reference_fp32"]["speedup_vs_reference"] == 1.0
     out = capsys.readouterr().out
     assert "segflow_ort_cpu_fp32" in out and "not GPU numbers" in out

@@ -77,6 +77,20 @@ def test_field_depends_on_time_state_and_features():
     assert torch.allclose(field(x, torch.tensor(0.5), f), field(x, torch.full((2,), 0.5), f))
 
 
+@pytest.mark.parametrize("dtype,rtol", [(torch.float16, 0.03), (torch.bfloat16, 0.1)])
+def test_half_precision_model_runs_and_follows_float32(dtype, rtol):
+    """model.to(float16 / bfloat16), as the GPU benchmark's PyTorch reference runs it: the float32 time
+    embedding is cast to the model's dtype (it used to reach the first Linear as float32 and raise)."""
+    model = SegModel(NetConfig(**TINY)).eval()
+    _randomise(model)
+    x, t, image = torch.randn(2, 1, 16, 16), torch.tensor([0.1, 0.7]), torch.randn(2, 3, 16, 16)
+    with torch.inference_mode():
+        ref = model(x, t, image)
+        out = model.to(dtype)(x.to(dtype), t.to(dtype), image.to(dtype))
+    assert out.dtype == dtype
+    assert float((out.float() - ref).abs().max()) <= rtol * float(ref.abs().max())
+
+
 def test_segdiff_fusion_adds_features_after_first_conv():
     field = VectorFieldUNet(NetConfig(**TINY))
     _randomise(field)
