@@ -4,23 +4,29 @@
 # Large wheels cannot travel in one piece (at most 64 MiB of working tree per call), so they are split here and
 # joined on the GPU machine while it stays warm:
 #
-#   here:   scripts/gpu_session.sh prepare            # downloads wheels into .whl/ and splits them into .gpu/partN/
+#   here:   scripts/gpu_session.sh prepare            # downloads wheels, splits and packs them into .gpu/partN/
 #   device: (one call per part, carry [".gpu/partN"])  scripts/gpu_session.sh join N
-#   device: (carry [".gpu/small"])                     scripts/gpu_session.sh install
-#   device: (same machine, still warm)                 scripts/gpu_session.sh test
-#   device:                                            scripts/gpu_session.sh bench
+#   device: (carry [".gpu/small"])    scripts/gpu_session.sh install && scripts/gpu_session.sh test
+#   device: (same machine, still warm)                 scripts/gpu_session.sh bench
+#
+# The machine is released after a short idle time (30 s in the device tool), so issue the calls back to back;
+# `join N` stops at once when an earlier part is gone (the machine was recycled), and `install` checks every
+# wheel against the checksums `prepare` wrote. `bench` stops itself after BENCH_LIMIT seconds (default 540),
+# keeping the rows it finished.
 #
 # On a workstation with network access: `pip install segflow[gpu]`, then swap ONNX Runtime for its GPU build
 # (`pip uninstall -y onnxruntime && pip install onnxruntime-gpu[cuda,cudnn]`; the two packages share one folder),
 # and run `test` and `bench`.
 # Results go to benchmarks/results/ (and to $OUT when that variable is set, so the device tool returns them).
 set -euo pipefail
+shopt -s nullglob                # a glob that matches nothing is empty (install then reports the missing wheel)
 cd "$(dirname "$0")/.."
 STAGE=/tmp/segflow-gpu           # on the device machine: joined wheels and the install target
 PY=${PYTHON:-python3}
 ORT_GPU=onnxruntime-gpu==1.31.1
 TRT_RTX=(tensorrt-rtx-cu13-libs==1.7.1.116 tensorrt-rtx-cu13-bindings==1.7.1.116)
-PIECE=${PIECE:-60m}
+PIECE=${PIECE:-56m}              # a part plus the working tree must stay under the 64 MiB a call carries
+PYV=${PYV:-3.12}                 # the device's python (the image's /opt/torch/.venv); wheels are fetched for it
 
 # ONNX Runtime sits in $STAGE/site, apart from the image's NVIDIA pip libraries (torch's CUDA/cuDNN), so its
 # preload cannot find them there: put their folders on the loader path for the steps that run it.
@@ -36,36 +42,68 @@ print(":".join(sorted({os.path.dirname(p) for p in libs})))
 EOF
 }
 
-plat=(--only-binary=:all: --python-version 3.12 --implementation cp --platform manylinux_2_28_x86_64
+plat=(--only-binary=:all: --python-version "$PYV" --implementation cp --platform manylinux_2_28_x86_64
       --platform manylinux_2_27_x86_64 --platform manylinux_2_17_x86_64 --platform manylinux2014_x86_64)
 
 case "${1:-help}" in
-  prepare)  # here (network): fetch wheels, split the big ones into <= 60 MiB parts, one folder per device call
+  prepare)  # here (network): fetch wheels, split the big ones into <= 56 MiB parts, one folder per device call
     ex="$(git rev-parse --git-dir)/info/exclude"; mkdir -p "$(dirname "$ex")"
     grep -qx '/.gpu/' "$ex" 2>/dev/null || echo '/.gpu/' >> "$ex"
     rm -rf .gpu && mkdir -p .gpu/dl .gpu/small
     $PY -m pip download --no-deps "${plat[@]}" -d .gpu/dl "$ORT_GPU" "${TRT_RTX[@]}"
-    n=0
+    (cd .gpu/dl && sha256sum -- *.whl) > .gpu/small/SHA256SUMS   # install checks every joined wheel against it
     for f in .gpu/dl/*; do
-      if [ "$(stat -c %s "$f")" -gt $((60 << 20)) ]; then
+      if [ "$(stat -c %s "$f")" -gt $((8 << 20)) ]; then
         split -b "$PIECE" -d -a 2 "$f" ".gpu/$(basename "$f").part"
       else
         mv "$f" .gpu/small/
       fi
     done
-    for p in .gpu/*.part*; do n=$((n + 1)); mkdir -p ".gpu/part$n"; mv "$p" ".gpu/part$n/"; done
+    # pack the pieces into as few folders (device calls) as fit under one piece's size: largest first, each into
+    # the first folder with room (the ends of two wheels often share a folder)
+    $PY - "$PIECE" <<'EOF'
+import pathlib, sys
+unit = {"k": 1 << 10, "m": 1 << 20, "g": 1 << 30}
+cap = int(sys.argv[1][:-1]) * unit[sys.argv[1][-1].lower()]
+folders = []  # [room left, [pieces]]
+for piece in sorted(pathlib.Path(".gpu").glob("*.part??"), key=lambda p: -p.stat().st_size):
+    slot = next((f for f in folders if f[0] >= piece.stat().st_size), None)
+    if slot is None:
+        folders.append(slot := [cap, []])
+    slot[0] -= piece.stat().st_size
+    slot[1].append(piece)
+for n, (_room, pieces) in enumerate(folders, 1):
+    (pathlib.Path(".gpu") / f"part{n}").mkdir()
+    for piece in pieces:
+        piece.rename(pathlib.Path(".gpu") / f"part{n}" / piece.name)
+EOF
+    n=$(find .gpu -maxdepth 1 -name 'part*' -type d | wc -l)
     ls -l .gpu/*/ && echo "parts: $n (one device call each: carry .gpu/partN, run 'scripts/gpu_session.sh join N')"
     ;;
   join)     # device: append the carried part to the staging folder (machine must stay warm between calls)
-    mkdir -p "$STAGE/parts" && cp .gpu/part"${2:?part number}"/* "$STAGE/parts/" && ls -l "$STAGE/parts"
+    k=${2:?part number}
+    if [ "$k" = 1 ]; then   # the first call checks what the wheels were fetched for
+      v=$($PY -c 'import sys; print("%d.%d" % sys.version_info[:2])')
+      [ "$v" = "$PYV" ] || { echo "this machine has python $v but the wheels are for $PYV:" \
+        "run 'PYV=$v scripts/gpu_session.sh prepare' here first" >&2; exit 3; }
+      nvidia-smi --query-gpu=name,compute_cap,driver_version --format=csv,noheader || echo "no nvidia-smi here"
+    fi
+    for ((i = 1; i < k; i++)); do   # a recycled machine has lost the earlier parts: say so now, not at install
+      [ -e "$STAGE/parts/.joined$i" ] || { echo "part $i is missing on this machine (it was recycled between calls):" \
+        "start again with 'join 1'" >&2; exit 3; }
+    done
+    mkdir -p "$STAGE/parts" && cp .gpu/part"$k"/* "$STAGE/parts/" && touch "$STAGE/parts/.joined$k"
+    ls -l "$STAGE/parts"
     ;;
   install)  # device: join the parts into wheels, install everything into $STAGE/site, check imports
     mkdir -p "$STAGE/whl"
     for first in "$STAGE"/parts/*.part00; do
       whl="$STAGE/whl/$(basename "${first%.part00}")"; cat "${first%00}"?? > "$whl"
-      $PY -c "import zipfile,sys; zipfile.ZipFile(sys.argv[1]).testzip()" "$whl"
     done
     cp .gpu/small/*.whl "$STAGE/whl/" 2>/dev/null || true
+    sums="$PWD/.gpu/small/SHA256SUMS"
+    (cd "$STAGE/whl" && sha256sum -c --strict "$sums") || {
+      echo "a wheel is missing or damaged (see above): join its parts again" >&2; exit 3; }
     $PY -m pip install -q --no-index --no-deps --no-compile --target "$STAGE/site" "$STAGE"/whl/*.whl
     mkdir -p "$STAGE/site/tensorrt_rtx"   # the import name `tensorrt_rtx` (what the tensorrt-rtx-cu13 sdist adds)
     printf 'from tensorrt_rtx_bindings import *  # noqa\nfrom tensorrt_rtx_bindings import __version__  # noqa\n' \
@@ -96,14 +134,20 @@ EOF
         -q -rs 2>&1 | tee benchmarks/results/gpu_tests.txt
     nvidia-smi --query-gpu=name,compute_cap,driver_version --format=csv >> benchmarks/results/gpu_tests.txt
     $PY scripts/check_trt_api.py >> benchmarks/results/gpu_tests.txt 2>&1
+    $PY scripts/rtx_probe.py >> benchmarks/results/gpu_tests.txt 2>&1   # TensorRT-RTX's own answer on this GPU
     set -e
     [ -n "${OUT:-}" ] && cp benchmarks/results/gpu_tests.txt "$OUT/" || true
     ;;
   bench)    # device: the GPU benchmark (paper preset), table + JSON
     export PYTHONPATH="$STAGE/site:${PYTHONPATH:-}" LD_LIBRARY_PATH="$(nvidia_libs):${LD_LIBRARY_PATH:-}" \
         PYTHONUNBUFFERED=1
-    $PY benchmarks/bench_gpu.py "${@:2}" 2>&1 | tee benchmarks/results/bench_gpu.txt
-    [ -n "${OUT:-}" ] && cp benchmarks/results/bench_gpu.txt benchmarks/results/bench_gpu.json "$OUT/" || true
+    # under the device's 10-minute limit; the script rewrites its JSON after every row, so a cut run keeps rows
+    set +e
+    timeout "${BENCH_LIMIT:-540}" $PY benchmarks/bench_gpu.py "${@:2}" 2>&1 | tee benchmarks/results/bench_gpu.txt
+    rc=${PIPESTATUS[0]}
+    set -e
+    [ -n "${OUT:-}" ] && cp benchmarks/results/bench_gpu.txt benchmarks/results/bench_gpu.json "$OUT/" 2>/dev/null
+    exit "$rc"
     ;;
   *)
     sed -n '2,14p' "$0"

@@ -6,6 +6,7 @@ import importlib.util
 import shutil
 import sys
 import types
+from pathlib import Path
 
 import pytest
 from fake_cupy import make_fake_cupy
@@ -227,3 +228,35 @@ def test_cuda_that_cannot_start_is_one_sentence(tmp_path, monkeypatch):
     with pytest.raises(BackendError, match=r"^CUDA could not start for plan .*m.plan \(cudaErrorInsufficientDriver"
                                            r".*\): check the NVIDIA driver with `nvidia-smi`"):
         TensorRTBackend(_plan(tmp_path, _info())).activate()
+
+
+def _probe():
+    import importlib.util as iu
+
+    spec = iu.spec_from_file_location("rtx_probe", Path(__file__).resolve().parents[2] / "scripts" / "rtx_probe.py")
+    mod = iu.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def test_rtx_probe_without_the_library(monkeypatch, capsys):
+    monkeypatch.setitem(sys.modules, "tensorrt_rtx", None)
+    assert _probe().main([]) == 0
+    assert "tensorrt_rtx is not importable" in capsys.readouterr().out
+
+
+@pytest.mark.skipif(importlib.util.find_spec("tensorrt_rtx") is None, reason="tensorrt_rtx not installed")
+def test_rtx_probe_reports_the_library_own_answer():
+    """The real TensorRT-RTX: the probe builds (no GPU needed), then records what the library says when asked to
+    load the plan here (without a GPU: its own CUDA error, and no engine). In a process of its own: the library
+    keeps the first logger a process gives it, and the probe's must be that one."""
+    import subprocess
+
+    script = Path(__file__).resolve().parents[2] / "scripts" / "rtx_probe.py"
+    run = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=300)
+    assert run.returncode == 0, run.stderr[-2000:]
+    out = run.stdout
+    assert "build_serialized_network (default targets): returned" in out and "get_engine_validity" in out
+    assert "tensorrt_rtx log [" in out  # the library's own words, through the probe's logger
+    if "GPU: none visible" in out:
+        assert "deserialize_cuda_engine: returned None" in out

@@ -1,0 +1,125 @@
+"""Ask TensorRT-RTX itself whether it runs on this GPU, and print what it says (its own log and return values).
+
+segflow's runtime refuses an RTX plan on a GPU that TensorRT-RTX does not list (Hopper, compute capability 9.0)
+before the library is asked (runtime/trtlib.py ``check_plan``), so its messages never reach the user there.
+This probe goes around that gate, step by step, and records the library's own answer:
+
+1. build a small plan from ``models/demo-intensity.onnx`` with the library's default targets (no GPU needed);
+2. ``Runtime.get_engine_validity`` on the plan's header;
+3. ``Runtime.deserialize_cuda_engine``;
+4. ``ICudaEngine.create_execution_context`` and one ``execute_async_v3`` on zero inputs (CuPy buffers).
+
+Every log line the library emits, and the result of each step, is printed; the probe stops at the first step
+that fails and exits 0 either way (it reports, it does not judge). Used by ``scripts/gpu_session.sh test``.
+
+    python scripts/rtx_probe.py [--onnx models/demo-intensity.onnx]
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--onnx", type=Path, default=ROOT / "models" / "demo-intensity.onnx")
+    args = ap.parse_args(argv)
+    try:
+        import tensorrt_rtx as trt
+    except ImportError as exc:
+        print(f"rtx_probe: tensorrt_rtx is not importable ({exc}); nothing to probe")
+        return 0
+
+    messages: list[str] = []
+
+    class Recorder(trt.ILogger):
+        def __init__(self):
+            trt.ILogger.__init__(self)
+
+        def log(self, severity, msg):
+            level = getattr(severity, "name", str(severity))
+            if level == "VERBOSE" and "compute capability" not in msg:
+                return  # the build's layer-by-layer detail; the capability checks are kept
+            messages.append(f"[{level}] {msg}")
+            print(f"  tensorrt_rtx log [{level}] {msg}", flush=True)
+
+    logger = Recorder()
+    print(f"tensorrt_rtx {trt.__version__}; GPU: {_gpu()}", flush=True)
+
+    def step(name, fn):
+        print(f"{name} ...", flush=True)
+        try:
+            out = fn()
+        except Exception as exc:  # noqa: BLE001 - the library's own exception is the finding
+            print(f"{name}: raised {type(exc).__name__}: {exc}", flush=True)
+            return None, False
+        print(f"{name}: returned {out!r}", flush=True)
+        return out, True
+
+    builder = trt.Builder(logger)
+    network = builder.create_network(1 << int(trt.NetworkDefinitionCreationFlag.STRONGLY_TYPED))
+    parser = trt.OnnxParser(network, logger)
+    if not parser.parse_from_file(str(args.onnx)):
+        print(f"rtx_probe: cannot parse {args.onnx}: {[str(parser.get_error(i)) for i in range(parser.num_errors)]}")
+        return 0
+    config = builder.create_builder_config()
+    profile = builder.create_optimization_profile()
+    for i in range(network.num_inputs):
+        inp = network.get_input(i)
+        shape = [1 if d < 0 else int(d) for d in inp.shape]
+        if len(shape) == 4:
+            shape[2] = shape[3] = 32 if inp.shape[2] < 0 else shape[2]
+        profile.set_shape(inp.name, shape, shape, shape)
+    config.add_optimization_profile(profile)
+    plan, ok = step("build_serialized_network (default targets)", lambda: builder.build_serialized_network(network,
+                                                                                                       config))
+    if not ok or plan is None:
+        return 0
+    data = bytes(plan)
+    print(f"plan: {len(data)} bytes", flush=True)
+    runtime = trt.Runtime(logger)
+    if hasattr(runtime, "get_engine_validity"):
+        step("get_engine_validity", lambda: runtime.get_engine_validity(
+            data[: int(getattr(runtime, "engine_header_size", 64))]))
+    engine, ok = step("deserialize_cuda_engine", lambda: runtime.deserialize_cuda_engine(data))
+    if not ok or engine is None:
+        return 0
+    context, ok = step("create_execution_context", engine.create_execution_context)
+    if not ok or context is None:
+        return 0
+    import cupy as cp
+
+    keep = []
+    for i in range(engine.num_io_tensors):
+        name = engine.get_tensor_name(i)
+        if engine.get_tensor_mode(name) == trt.TensorIOMode.INPUT:
+            shape = tuple(engine.get_tensor_profile_shape(name, 0)[1])
+            context.set_input_shape(name, shape)
+    for i in range(engine.num_io_tensors):
+        name = engine.get_tensor_name(i)
+        buf = cp.zeros(tuple(context.get_tensor_shape(name)), dtype=trt.nptype(engine.get_tensor_dtype(name)))
+        keep.append(buf)
+        context.set_tensor_address(name, int(buf.data.ptr))
+    stream = cp.cuda.Stream(non_blocking=True)
+    step("execute_async_v3", lambda: context.execute_async_v3(stream.ptr))
+    stream.synchronize()
+    print(f"rtx_probe: done; {len(messages)} log messages from the library", flush=True)
+    return 0
+
+
+def _gpu() -> str:
+    try:
+        import cupy
+
+        props = cupy.cuda.runtime.getDeviceProperties(0)
+        return f"{props['name'].decode()} (compute {props['major']}.{props['minor']})"
+    except Exception as exc:  # noqa: BLE001
+        return f"none visible ({type(exc).__name__})"
+
+
+if __name__ == "__main__":
+    sys.exit(main())
