@@ -74,15 +74,20 @@ def available_providers() -> list[str]:
 
 
 def onnxruntime_packages() -> list[str]:
-    """The installed distributions that provide the ``onnxruntime`` module (``onnxruntime``, ``onnxruntime-gpu``,
-    ...). They all install into one folder, so with two of them the last one installed wins, file by file."""
+    """The installed distributions whose files make up the imported ``onnxruntime`` folder (``onnxruntime``,
+    ``onnxruntime-gpu``, ...). They all install into that one folder, so with two of them there the last one
+    installed wins, file by file. (A package in another folder that is only shadowed on the path is not one.)"""
     from importlib.metadata import distributions
 
+    import onnxruntime as ort
+
+    here = Path(ort.__file__).resolve()
     names = set()
     for dist in distributions():
         name = (dist.metadata["Name"] or "").lower().replace("_", "-")
         if name.startswith(("onnxruntime", "ort-")) and any(  # not onnxruntime-extensions, -genai, ...
-                str(f).replace("\\", "/") == "onnxruntime/__init__.py" for f in dist.files or ()):
+                f.name == "__init__.py" and f.parent.name == "onnxruntime"
+                and Path(dist.locate_file(f)).resolve() == here for f in dist.files or ()):
             names.add(name)
     return sorted(names)
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import threading
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -176,23 +177,28 @@ def test_cuda_provider_gets_its_options(models_dir, monkeypatch):
     assert seen == [[("CUDAExecutionProvider", opts), "CPUExecutionProvider"], ["CPUExecutionProvider"]]
 
 
-def _dist(site, name, module):
-    """A minimal installed distribution: METADATA and a RECORD naming its module's __init__.py."""
+def _dist(site, name, init):
+    """A minimal installed distribution in ``site``: METADATA and a RECORD naming one ``__init__.py``."""
     info = site / f"{name.replace('-', '_')}-1.0.dist-info"
     info.mkdir()
     (info / "METADATA").write_text(f"Metadata-Version: 2.1\nName: {name}\nVersion: 1.0\n")
-    (info / "RECORD").write_text(f"{module}/__init__.py,,\n{info.name}/METADATA,,\n")
+    (info / "RECORD").write_text(f"{init},,\n{info.name}/METADATA,,\n")
 
 
-def test_onnxruntime_packages_are_found_by_the_module_they_install(tmp_path, monkeypatch):
+def test_onnxruntime_packages_are_those_whose_files_make_up_the_imported_folder(tmp_path, monkeypatch):
+    """A distribution counts when its RECORD places files in the imported onnxruntime folder; one whose
+    onnxruntime folder lies elsewhere (shadowed on the path) or that installs another module does not."""
+    import os
+
+    import onnxruntime as ort
     from segflow.runtime.backends import onnxrt
 
-    for name, module in (("onnxruntime-gpu", "onnxruntime"), ("onnxruntime-extensions", "onnxruntime_extensions"),
-                         ("ort-nightly-gpu", "onnxruntime")):
-        _dist(tmp_path, name, module)
+    real = os.path.relpath(Path(ort.__file__).resolve(), tmp_path)  # "../../.../site-packages/onnxruntime/..."
+    _dist(tmp_path, "onnxruntime-gpu", real)
+    _dist(tmp_path, "ort-nightly-gpu", "onnxruntime/__init__.py")  # its own folder here, not the imported one
+    _dist(tmp_path, "onnxruntime-extensions", "onnxruntime_extensions/__init__.py")
     monkeypatch.syspath_prepend(str(tmp_path))
-    found = onnxrt.onnxruntime_packages()
-    assert {"onnxruntime-gpu", "ort-nightly-gpu"} <= set(found) and "onnxruntime-extensions" not in found
+    assert onnxrt.onnxruntime_packages() == ["onnxruntime", "onnxruntime-gpu"]
 
 
 def test_cpu_and_gpu_packages_side_by_side_are_named_with_the_cure(models_dir, monkeypatch):
