@@ -5,6 +5,7 @@
 # joined on the GPU machine while it stays warm:
 #
 #   here:   scripts/gpu_session.sh prepare            # downloads wheels, splits and packs them into .gpu/partN/
+#   device: (first call, nothing carried)               scripts/gpu_session.sh early && scripts/gpu_session.sh join 1
 #   device: (one call per part, carry [".gpu/partN"])  scripts/gpu_session.sh join N
 #   device: (carry [".gpu/small"])    scripts/gpu_session.sh install && scripts/gpu_session.sh test
 #   device: (same machine, still warm)                 scripts/gpu_session.sh bench
@@ -80,6 +81,17 @@ EOF
     n=$(find .gpu -maxdepth 1 -name 'part*' -type d | wc -l)
     ls -l .gpu/*/ && echo "parts: $n (one device call each: carry .gpu/partN, run 'scripts/gpu_session.sh join N')"
     ;;
+  early)    # device, first call: what a bare GPU machine can check with its own PyTorch and CuPy, no wheels
+    mkdir -p benchmarks/results
+    $PY -m pip install -q --no-deps --no-build-isolation -e . >/dev/null
+    set +e
+    { nvidia-smi --query-gpu=name,compute_cap,driver_version --format=csv; $PY -c 'import cupy, torch; \
+print("cupy", cupy.__version__, "NVRTC", cupy.cuda.nvrtc.getVersion(), "| torch", torch.__version__)'
+      $PY -m pytest tests/runtime/test_device_sampler_torch_field.py tests/runtime/test_fake_cupy_fidelity.py -q -rs
+    } 2>&1 | tee benchmarks/results/gpu_early.txt
+    set -e
+    [ -n "${OUT:-}" ] && cp benchmarks/results/gpu_early.txt "$OUT/" || true
+    ;;
   join)     # device: append the carried part to the staging folder (machine must stay warm between calls)
     k=${2:?part number}
     if [ "$k" = 1 ]; then   # the first call checks what the wheels were fetched for
@@ -129,7 +141,8 @@ EOF
     export PYTHONPATH="$STAGE/site:${PYTHONPATH:-}" LD_LIBRARY_PATH="$(nvidia_libs):${LD_LIBRARY_PATH:-}"
     mkdir -p benchmarks/results
     set +e
-    $PY -m pytest tests/runtime/test_trt_gpu.py tests/runtime/test_trt_build.py tests/runtime/test_trt_backend.py \
+    $PY -m pytest tests/runtime/test_trt_gpu.py tests/runtime/test_device_sampler_torch_field.py \
+        tests/runtime/test_trt_build.py tests/runtime/test_trt_backend.py \
         tests/runtime/test_trt_api_check.py tests/runtime/test_fake_cupy_fidelity.py \
         -q -rs 2>&1 | tee benchmarks/results/gpu_tests.txt
     nvidia-smi --query-gpu=name,compute_cap,driver_version --format=csv >> benchmarks/results/gpu_tests.txt
