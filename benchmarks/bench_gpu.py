@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import shutil
 import sys
 import tempfile
@@ -248,12 +249,14 @@ def main(argv: list[str] | None = None) -> int:
                 row else f"{'-':>9s}"
             vs = f"{row['speedup_vs_reference']:7.2f}" if "speedup_vs_reference" in row else f"{'-':>7s}"
             print(f"{name:34s} {row['patch_s'] * 1e3:9.2f} {row['x_floor']:8.1f} {vs} {img}", flush=True)
-        (args.out / "bench_gpu.json").write_text(json.dumps({
+        tmp_json = args.out / "bench_gpu.json.tmp"  # then renamed: a run killed mid-write keeps the last JSON
+        tmp_json.write_text(json.dumps({
             "device": device, "target": target.name, "peak_tflops": peaks,
             "encoder_gflop": enc_gf, "field_gflop": field_gf, "patch_gflop": patch_gf, "image_gflop": image_gf,
             "floors": floors, "rows": rows,
             "settings": {"K": K, "nfe": NFE, "tile": tile, "stride": args.stride, "preset": args.preset,
                          "base": cfg.base, "image_size": args.image_size, "image_tiles": image_tiles}}, indent=1))
+        os.replace(tmp_json, args.out / "bench_gpu.json")
 
     print(f"{device}  {args.preset} (base {cfg.base}) at {tile}^2: encoder {enc_gf:.4g} + field {field_gf:.4g} "
           f"GFLOP per forward ({enc_gf / (enc_gf + field_gf):.0%} encoder)")

@@ -56,7 +56,7 @@ def import_trt(builder: str = "auto") -> ModuleType:
                             f"(or `pip install segflow[gpu-trt]` for data-centre GPUs).")
 
 
-_LOGGERS: dict[str, Any] = {}
+_LOGGERS: dict[Any, Any] = {}  # trt.Logger class -> this process's logger (never dropped: TensorRT keeps it)
 
 
 def trt_logger(trt: ModuleType, level: str = "WARNING") -> Any:
@@ -66,10 +66,9 @@ def trt_logger(trt: ModuleType, level: str = "WARNING") -> Any:
     one logs a warning ("The logger passed into createInferRuntime differs from one already registered ...")
     and uses the first anyway. So every Builder and Runtime here shares one logger, and its level is set per use.
     """
-    lib = library_name(trt)
-    logger = _LOGGERS.get(lib)
-    if logger is None or not isinstance(logger, trt.Logger):  # a new module object (tests swap fakes in)
-        logger = _LOGGERS[lib] = trt.Logger(getattr(trt.Logger, level))
+    logger = _LOGGERS.get(trt.Logger)  # keyed by the library's class: tests swap fake modules in and out
+    if logger is None:
+        logger = _LOGGERS[trt.Logger] = trt.Logger(getattr(trt.Logger, level))
     else:
         logger.min_severity = getattr(trt.Logger, level)
     return logger

@@ -5,8 +5,8 @@
 # joined on the GPU machine while it stays warm:
 #
 #   here:   scripts/gpu_session.sh prepare            # downloads wheels, splits and packs them into .gpu/partN/
-#   device: (first call, nothing carried)               scripts/gpu_session.sh early && scripts/gpu_session.sh join 1
-#   device: (one call per part, carry [".gpu/partN"])  scripts/gpu_session.sh join N
+#   device: (carry [".gpu/part1"])    scripts/gpu_session.sh early; scripts/gpu_session.sh join 1
+#   device: (one call per part, carry [".gpu/partN"])  scripts/gpu_session.sh join N   (N = 2, 3, ...)
 #   device: (carry [".gpu/small"])    scripts/gpu_session.sh install && scripts/gpu_session.sh test
 #   device: (same machine, still warm)                 scripts/gpu_session.sh bench
 #
@@ -63,9 +63,11 @@ case "${1:-help}" in
     # pack the pieces into as few folders (device calls) as fit under one piece's size: largest first, each into
     # the first folder with room (the ends of two wheels often share a folder)
     $PY - "$PIECE" <<'EOF'
-import pathlib, sys
-unit = {"k": 1 << 10, "m": 1 << 20, "g": 1 << 30}
-cap = int(sys.argv[1][:-1]) * unit[sys.argv[1][-1].lower()]
+import pathlib, re, sys
+size = re.fullmatch(r"(\d+)([kKmMgG]?)", sys.argv[1])
+if size is None:
+    sys.exit(f"PIECE={sys.argv[1]}: give a size like 56m (bytes, or k/m/g binary units)")
+cap = int(size[1]) << {"": 0, "k": 10, "m": 20, "g": 30}[size[2].lower()]
 folders = []  # [room left, [pieces]]
 for piece in sorted(pathlib.Path(".gpu").glob("*.part??"), key=lambda p: -p.stat().st_size):
     slot = next((f for f in folders if f[0] >= piece.stat().st_size), None)
@@ -104,7 +106,12 @@ print("cupy", cupy.__version__, "NVRTC", cupy.cuda.nvrtc.getVersion(), "| torch"
       [ -e "$STAGE/parts/.joined$i" ] || { echo "part $i is missing on this machine (it was recycled between calls):" \
         "start again with 'join 1'" >&2; exit 3; }
     done
-    mkdir -p "$STAGE/parts" && cp .gpu/part"$k"/* "$STAGE/parts/" && touch "$STAGE/parts/.joined$k"
+    pieces=(.gpu/part"$k"/*)
+    [ ${#pieces[@]} -gt 0 ] || { echo "no .gpu/part$k here: carry it with this call (carry [\".gpu/part$k\"])" >&2
+      exit 3; }
+    mkdir -p "$STAGE/parts"
+    cp "${pieces[@]}" "$STAGE/parts/"
+    touch "$STAGE/parts/.joined$k"
     ls -l "$STAGE/parts"
     ;;
   install)  # device: join the parts into wheels, install everything into $STAGE/site, check imports
@@ -114,6 +121,7 @@ print("cupy", cupy.__version__, "NVRTC", cupy.cuda.nvrtc.getVersion(), "| torch"
     done
     cp .gpu/small/*.whl "$STAGE/whl/" 2>/dev/null || true
     sums="$PWD/.gpu/small/SHA256SUMS"
+    [ -f "$sums" ] || { echo "no .gpu/small here: carry it with this call (carry [\".gpu/small\"])" >&2; exit 3; }
     (cd "$STAGE/whl" && sha256sum -c --strict "$sums") || {
       echo "a wheel is missing or damaged (see above): join its parts again" >&2; exit 3; }
     $PY -m pip install -q --no-index --no-deps --no-compile --target "$STAGE/site" "$STAGE"/whl/*.whl
@@ -159,10 +167,14 @@ EOF
     timeout "${BENCH_LIMIT:-540}" $PY benchmarks/bench_gpu.py "${@:2}" 2>&1 | tee benchmarks/results/bench_gpu.txt
     rc=${PIPESTATUS[0]}
     set -e
-    [ -n "${OUT:-}" ] && cp benchmarks/results/bench_gpu.txt benchmarks/results/bench_gpu.json "$OUT/" 2>/dev/null
+    if [ -n "${OUT:-}" ]; then
+      for f in benchmarks/results/bench_gpu.txt benchmarks/results/bench_gpu.json; do
+        if [ -f "$f" ]; then cp "$f" "$OUT/"; fi
+      done
+    fi
     exit "$rc"
     ;;
   *)
-    sed -n '2,14p' "$0"
+    sed -n '2,/^set -euo/p' "$0" | grep '^#' 
     ;;
 esac

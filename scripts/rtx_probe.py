@@ -60,28 +60,32 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{name}: returned {out!r}", flush=True)
         return out, True
 
-    builder = trt.Builder(logger)
-    network = builder.create_network(1 << int(trt.NetworkDefinitionCreationFlag.STRONGLY_TYPED))
-    parser = trt.OnnxParser(network, logger)
-    if not parser.parse_from_file(str(args.onnx)):
-        print(f"rtx_probe: cannot parse {args.onnx}: {[str(parser.get_error(i)) for i in range(parser.num_errors)]}")
-        return 0
-    config = builder.create_builder_config()
-    profile = builder.create_optimization_profile()
-    for i in range(network.num_inputs):
-        inp = network.get_input(i)
-        shape = [1 if d < 0 else int(d) for d in inp.shape]
-        if len(shape) == 4:
-            shape[2] = shape[3] = 32 if inp.shape[2] < 0 else shape[2]
-        profile.set_shape(inp.name, shape, shape, shape)
-    config.add_optimization_profile(profile)
-    plan, ok = step("build_serialized_network (default targets)", lambda: builder.build_serialized_network(network,
-                                                                                                       config))
+    def build():
+        builder = trt.Builder(logger)
+        network = builder.create_network(1 << int(trt.NetworkDefinitionCreationFlag.STRONGLY_TYPED))
+        parser = trt.OnnxParser(network, logger)
+        if not parser.parse_from_file(str(args.onnx)):
+            raise RuntimeError(f"cannot parse {args.onnx}: "
+                               f"{[str(parser.get_error(i)) for i in range(parser.num_errors)]}")
+        config = builder.create_builder_config()
+        profile = builder.create_optimization_profile()
+        for i in range(network.num_inputs):
+            inp = network.get_input(i)
+            shape = [1 if d < 0 else int(d) for d in inp.shape]
+            if len(shape) == 4 and inp.shape[2] < 0:
+                shape[2] = shape[3] = 32
+            profile.set_shape(inp.name, shape, shape, shape)
+        config.add_optimization_profile(profile)
+        return builder.build_serialized_network(network, config)
+
+    plan, ok = step("build_serialized_network (default targets)", build)
     if not ok or plan is None:
         return 0
     data = bytes(plan)
     print(f"plan: {len(data)} bytes", flush=True)
-    runtime = trt.Runtime(logger)
+    runtime, ok = step("Runtime", lambda: trt.Runtime(logger))
+    if not ok:
+        return 0
     if hasattr(runtime, "get_engine_validity"):
         step("get_engine_validity", lambda: runtime.get_engine_validity(
             data[: int(getattr(runtime, "engine_header_size", 64))]))
@@ -91,22 +95,26 @@ def main(argv: list[str] | None = None) -> int:
     context, ok = step("create_execution_context", engine.create_execution_context)
     if not ok or context is None:
         return 0
-    import cupy as cp
 
-    keep = []
-    for i in range(engine.num_io_tensors):
-        name = engine.get_tensor_name(i)
-        if engine.get_tensor_mode(name) == trt.TensorIOMode.INPUT:
-            shape = tuple(engine.get_tensor_profile_shape(name, 0)[1])
-            context.set_input_shape(name, shape)
-    for i in range(engine.num_io_tensors):
-        name = engine.get_tensor_name(i)
-        buf = cp.zeros(tuple(context.get_tensor_shape(name)), dtype=trt.nptype(engine.get_tensor_dtype(name)))
-        keep.append(buf)
-        context.set_tensor_address(name, int(buf.data.ptr))
-    stream = cp.cuda.Stream(non_blocking=True)
-    step("execute_async_v3", lambda: context.execute_async_v3(stream.ptr))
-    stream.synchronize()
+    def run():
+        import cupy as cp
+
+        keep = []
+        for i in range(engine.num_io_tensors):
+            name = engine.get_tensor_name(i)
+            if engine.get_tensor_mode(name) == trt.TensorIOMode.INPUT:
+                context.set_input_shape(name, tuple(engine.get_tensor_profile_shape(name, 0)[1]))
+        for i in range(engine.num_io_tensors):
+            name = engine.get_tensor_name(i)
+            buf = cp.zeros(tuple(context.get_tensor_shape(name)), dtype=trt.nptype(engine.get_tensor_dtype(name)))
+            keep.append(buf)
+            context.set_tensor_address(name, int(buf.data.ptr))
+        stream = cp.cuda.Stream(non_blocking=True)
+        ok = context.execute_async_v3(stream.ptr)
+        stream.synchronize()
+        return ok
+
+    step("execute_async_v3 on zero inputs", run)
     print(f"rtx_probe: done; {len(messages)} log messages from the library", flush=True)
     return 0
 

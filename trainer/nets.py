@@ -231,9 +231,12 @@ class VectorFieldUNet(nn.Module):
 
     def embed(self, t: torch.Tensor, label: torch.Tensor | None) -> torch.Tensor:
         """Time (and label) embedding, shape ``[B, 4 * base]``; a missing label means the null label 0."""
-        temb = timestep_embedding(t * self.cfg.time_scale, self.cfg.base)  # computed in float32
-        if t.is_floating_point() and temb.dtype != t.dtype:
-            temb = temb.to(t.dtype)  # a half / bfloat16 model: its Linear layers take their own dtype
+        if t.dtype != torch.float32:  # scaled in float32: 0.123456 * 1000 is 123.5 in float16
+            t = t.float()
+        temb = timestep_embedding(t * self.cfg.time_scale, self.cfg.base)  # float32
+        weight = self.time_embed[0].weight
+        if temb.dtype != weight.dtype:
+            temb = temb.to(weight.dtype)  # a half / bfloat16 model: its Linear layers take their own dtype
         emb = self.time_embed(temb)
         if self.label_emb is not None:
             if label is None:

@@ -84,7 +84,7 @@ def onnxruntime_packages() -> list[str]:
     here = Path(ort.__file__).resolve()
     names = set()
     for dist in distributions():
-        name = (dist.metadata["Name"] or "").lower().replace("_", "-")
+        name = (dist.metadata.get("Name") or "").lower().replace("_", "-")  # a broken dist-info may have none
         if name.startswith(("onnxruntime", "ort-")) and any(  # not onnxruntime-extensions, -genai, ...
                 f.name == "__init__.py" and f.parent.name == "onnxruntime"
                 and Path(dist.locate_file(f)).resolve() == here for f in dist.files or ()):
@@ -109,11 +109,12 @@ def package_clash() -> str | None:
     if not _cuda_provider_files():
         return None  # no GPU build's files in the folder: nothing to clash (and no package metadata to read)
     pkgs = onnxruntime_packages()
-    gpu = [p for p in pkgs if p != "onnxruntime"]
+    gpu = sorted((p for p in pkgs if p != "onnxruntime"), key=lambda p: p != "onnxruntime-gpu")
     if "onnxruntime" not in pkgs or not gpu:
         return None
+    reinstall = '"onnxruntime-gpu[cuda,cudnn]"' if gpu[0] == "onnxruntime-gpu" else gpu[0]  # with NVIDIA's libraries
     return (f"onnxruntime and {gpu[0]} are both installed and share one folder, which hides the CUDA provider: "
-            f"run `pip uninstall -y onnxruntime {gpu[0]} && pip install {gpu[0]}`")
+            f"run `pip uninstall -y onnxruntime {gpu[0]} && pip install {reinstall}`")
 
 
 def providers_for(device: str) -> list[str]:

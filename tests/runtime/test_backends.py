@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import threading
 from pathlib import Path
 
@@ -209,15 +210,20 @@ def test_cpu_and_gpu_packages_side_by_side_are_named_with_the_cure(models_dir, m
     monkeypatch.setattr(onnxrt, "available_providers", lambda: ["AzureExecutionProvider", "CPUExecutionProvider"])
     monkeypatch.setattr(onnxrt, "_cuda_provider_files", lambda: True)
     monkeypatch.setattr(onnxrt, "onnxruntime_packages", lambda: ["onnxruntime", "onnxruntime-gpu"])
-    cure = r"pip uninstall -y onnxruntime onnxruntime-gpu && pip install onnxruntime-gpu"
+    cure = 'pip uninstall -y onnxruntime onnxruntime-gpu && pip install "onnxruntime-gpu[cuda,cudnn]"'
     with pytest.raises(BackendError, match=r"onnxruntime and onnxruntime-gpu are both installed and share one "
-                                           r"folder, which hides the CUDA provider: run `" + cure.replace("+", r"\+")
+                                           r"folder, which hides the CUDA provider: run `" + re.escape(cure)
                        + r"` or choose --backend cpu\.$"):
         OrtBackend(models_dir / "negx.onnx", device="cuda").activate()
     with pytest.warns(RuntimeWarning, match="both installed.*until then segflow runs on the CPU"):
         with OrtBackend(models_dir / "negx.onnx", device="auto") as b:
             assert b.providers == ["CPUExecutionProvider"]
 
+    monkeypatch.setattr(onnxrt, "onnxruntime_packages",
+                        lambda: ["onnxruntime", "onnxruntime-directml", "onnxruntime-gpu"])
+    assert "onnxruntime and onnxruntime-gpu are both" in onnxrt.package_clash()  # the CUDA build is the one named
+    monkeypatch.setattr(onnxrt, "onnxruntime_packages", lambda: ["onnxruntime", "onnxruntime-directml"])
+    assert onnxrt.package_clash().endswith("&& pip install onnxruntime-directml`")  # no NVIDIA extras there
     monkeypatch.setattr(onnxrt, "onnxruntime_packages", lambda: ["onnxruntime"])  # a plain CPU install
     with pytest.raises(BackendError, match=r"offers .*: install onnxruntime-gpu or choose --backend cpu\.$"):
         OrtBackend(models_dir / "negx.onnx", device="cuda").activate()

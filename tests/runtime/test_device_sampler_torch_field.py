@@ -7,7 +7,9 @@ has to be carried there first. On the CPU the same test runs with numpy for CuPy
 checks the harness itself. The reference is the ordinary CPU Segmenter on the ONNX export of the same network,
 from the same noise (``noise="host"``).
 
-``TorchBackend`` is test scaffolding, not a runtime backend: the runtime never imports torch.
+``TorchBackend`` is test scaffolding, not a runtime backend: the runtime never imports torch. Its DLPack
+hand-over relies on CuPy and PyTorch both working on the legacy default stream, as the device sampler does
+(it sets no CuPy stream of its own).
 """
 
 from __future__ import annotations
@@ -22,7 +24,7 @@ from segflow.runtime.gpu import DeviceSegmenter
 from segflow.runtime.session import Segmenter
 
 torch = pytest.importorskip("torch")
-pytest.importorskip("onnxscript")
+pytest.importorskip("onnx")  # the export (torchscript exporter: no onnxscript needed)
 
 KW = {"samples": 2, "steps": 2, "method": "heun", "stride": 24, "batch_size": 4, "seed": 11, "threads": 1}
 
@@ -107,13 +109,13 @@ def _image():
 
 @pytest.mark.torch
 @pytest.mark.parametrize("where", ["cpu", pytest.param("cuda", marks=pytest.mark.gpu)])
-def test_device_sampler_with_a_torch_field_matches_the_cpu_segmenter(exported, where):
+def test_device_sampler_with_a_torch_field_matches_the_cpu_segmenter(exported, where, monkeypatch):
     model, onnx_path = exported
     if where == "cuda":
         import cupy as xp
 
-        torch.backends.cuda.matmul.allow_tf32 = False  # float32 maths on both sides
-        torch.backends.cudnn.allow_tf32 = False
+        monkeypatch.setattr(torch.backends.cuda.matmul, "allow_tf32", False)  # float32 maths on both sides
+        monkeypatch.setattr(torch.backends.cudnn, "allow_tf32", False)
     else:
         xp = np
     with Segmenter(onnx_path, backend="cpu", **KW) as seg:

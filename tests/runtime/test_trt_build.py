@@ -260,3 +260,12 @@ def test_info_reads_plan_build_records_without_a_gpu(fake_trt, model, capsys, mo
     res.encoder.unlink()
     assert runtime_main(["info", "--engine", str(res.field)]) == 2
     assert "no companion encoder graph flow.encoder.plan" in capsys.readouterr().err
+
+
+def test_one_logger_per_library_even_when_modules_alternate():
+    from segflow.runtime.trtlib import trt_logger
+
+    a, b = make_fake_trt(), make_fake_trt()
+    first = trt_logger(a)
+    assert trt_logger(b) is not first and trt_logger(a) is first  # a's logger survives b's use
+    assert trt_logger(a, "VERBOSE").min_severity == a.Logger.VERBOSE  # the level follows each use

@@ -83,10 +83,12 @@ def test_half_precision_model_runs_and_follows_float32(dtype, rtol):
     embedding is cast to the model's dtype (it used to reach the first Linear as float32 and raise)."""
     model = SegModel(NetConfig(**TINY)).eval()
     _randomise(model)
-    x, t, image = torch.randn(2, 1, 16, 16), torch.tensor([0.1, 0.7]), torch.randn(2, 3, 16, 16)
-    with torch.inference_mode():
+    x, t, image = torch.randn(2, 1, 16, 16), torch.tensor([0.125, 0.75]), torch.randn(2, 3, 16, 16)  # exact in
+    with torch.inference_mode():  # float16 and bfloat16, so both time dtypes carry the same value
         ref = model(x, t, image)
-        out = model.to(dtype)(x.to(dtype), t.to(dtype), image.to(dtype))
+        half = model.to(dtype)
+        out = half(x.to(dtype), t.to(dtype), image.to(dtype))
+        assert torch.equal(half(x.to(dtype), t, image.to(dtype)), out)  # float32 or low-precision time alike
     assert out.dtype == dtype
     assert float((out.float() - ref).abs().max()) <= rtol * float(ref.abs().max())
 
