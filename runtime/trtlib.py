@@ -197,11 +197,11 @@ class PlanInfo:
         return (list(shapes[0]), list(shapes[2])) if shapes else None
 
 
-def rebuild_hint(plan: str | Path) -> str:
-    """The command that rebuilds ``plan`` here."""
+def rebuild_hint(plan: str | Path, extra: str = "") -> str:
+    """The command that rebuilds ``plan`` here (with ``extra`` flags)."""
     p = Path(plan)
     stem = p.name[: -len(".encoder.plan")] if p.name.endswith(".encoder.plan") else p.stem
-    return f"`runtime build --onnx {stem}.onnx --out {stem}.plan`"
+    return f"`runtime build --onnx {stem}.onnx --out {stem}.plan{extra}`"
 
 
 def _cc_tuple(cc: str) -> tuple[int, ...]:
@@ -242,7 +242,7 @@ def check_plan(plan: str | Path, info: PlanInfo, library: str, version: str, gpu
             wanted = ",".join(sorted({*targets, gpu.compute_capability}, key=_cc_tuple))
             raise BackendError(f"plan {plan} was compiled for compute capabilities {', '.join(targets)} but this "
                                f"{gpu.name} is {gpu.compute_capability}: rebuild it with "
-                               f"{hint[:-1]} --compute-capability {wanted}`.")
+                               f"{rebuild_hint(plan, f' --compute-capability {wanted}')}.")
         if not ok:
             raise BackendError(f"plan {plan} was compiled for compute capabilities {', '.join(targets)} but this "
                                f"{gpu.name} is {gpu.compute_capability} (TensorRT-RTX lists no support for it): "
