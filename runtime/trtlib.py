@@ -24,7 +24,8 @@ from typing import Any
 from segflow.errors import BackendError, MissingDependency, ModelCardError
 
 __all__ = ["LIBRARIES", "import_trt", "library_name", "GpuInfo", "gpu_info", "PlanInfo", "sidecar_path",
-           "check_plan", "RTX_DEFAULT_TARGETS", "rebuild_hint", "rtx_supports", "trt_logger"]
+           "check_plan", "RTX_DEFAULT_TARGETS", "rebuild_hint", "rtx_supports", "trt_logger",
+           "use_trt_logger"]
 
 LIBRARIES = ("tensorrt", "tensorrt_rtx")
 BUILDERS = ("auto", *LIBRARIES)
@@ -72,6 +73,12 @@ def trt_logger(trt: ModuleType, level: str = "WARNING") -> Any:
     else:
         logger.min_severity = getattr(trt.Logger, level)
     return logger
+
+
+def use_trt_logger(trt: ModuleType, logger: Any) -> None:
+    """Make ``logger`` (a ``trt.ILogger``) this process's logger for library ``trt``; call it before any Builder or
+    Runtime exists (``scripts/rtx_probe.py`` records the library's own messages this way)."""
+    _LOGGERS[trt.Logger] = logger
 
 
 def library_name(trt: ModuleType) -> str:

@@ -4,7 +4,8 @@ segflow's runtime refuses an RTX plan on a GPU that TensorRT-RTX does not list (
 before the library is asked (runtime/trtlib.py ``check_plan``), so its messages never reach the user there.
 This probe goes around that gate, step by step, and records the library's own answer:
 
-1. build a small plan from ``models/demo-intensity.onnx`` with the library's default targets (no GPU needed);
+1. build a small plan from ``models/demo-intensity.onnx`` with segflow's own builder and the library's default
+   targets (no GPU needed);
 2. ``Runtime.get_engine_validity`` on the plan's header;
 3. ``Runtime.deserialize_cuda_engine``;
 4. ``ICudaEngine.create_execution_context`` and one ``execute_async_v3`` on zero inputs (CuPy buffers).
@@ -19,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+import tempfile
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -60,28 +62,18 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{name}: returned {out!r}", flush=True)
         return out, True
 
-    def build():
-        builder = trt.Builder(logger)
-        network = builder.create_network(1 << int(trt.NetworkDefinitionCreationFlag.STRONGLY_TYPED))
-        parser = trt.OnnxParser(network, logger)
-        if not parser.parse_from_file(str(args.onnx)):
-            raise RuntimeError(f"cannot parse {args.onnx}: "
-                               f"{[str(parser.get_error(i)) for i in range(parser.num_errors)]}")
-        config = builder.create_builder_config()
-        profile = builder.create_optimization_profile()
-        for i in range(network.num_inputs):
-            inp = network.get_input(i)
-            shape = [1 if d < 0 else int(d) for d in inp.shape]
-            if len(shape) == 4 and inp.shape[2] < 0:
-                shape[2] = shape[3] = 32
-            profile.set_shape(inp.name, shape, shape, shape)
-        config.add_optimization_profile(profile)
-        return builder.build_serialized_network(network, config)
+    from segflow.runtime.engine import build_plan
+    from segflow.runtime.trtlib import use_trt_logger
 
-    plan, ok = step("build_serialized_network (default targets)", build)
-    if not ok or plan is None:
-        return 0
-    data = bytes(plan)
+    use_trt_logger(trt, logger)  # segflow's builder below logs through the recorder too
+    with tempfile.TemporaryDirectory() as tmp:
+        plan_path = Path(tmp) / "probe.plan"
+        _info, ok = step("segflow's build_plan (fp32, batch 1, 32x32) -> build_serialized_network (default targets)",
+                         lambda: build_plan(args.onnx, plan_path, batch=(1, 1, 1), spatial=32,
+                                            builder="tensorrt_rtx", precision="fp32"))
+        if not ok:
+            return 0
+        data = plan_path.read_bytes()
     print(f"plan: {len(data)} bytes", flush=True)
     runtime, ok = step("Runtime", lambda: trt.Runtime(logger))
     if not ok:
