@@ -32,7 +32,7 @@ from pathlib import Path
 from types import ModuleType
 from typing import Any
 
-from segflow.runtime.autocast import PRECISIONS, convert_precision
+from segflow.runtime.autocast import PRECISIONS, conversion_method, convert_precision
 from segflow.runtime.trtlib import PlanInfo, gpu_info, import_trt, library_name, sidecar_path, trt_logger
 
 from segflow import __version__
@@ -41,7 +41,7 @@ from segflow.errors import BackendError, InputError, ModelCardError
 from segflow.imageio import default_file_mode
 
 __all__ = ["parse_batch", "parse_bytes", "profile_shapes", "build_plan", "build_engine", "BuildResult",
-           "convert_engine", "ConvertResult", "DEFAULT_BATCH", "DEFAULT_WORKSPACE"]
+           "convert_engine", "ConvertResult", "sample_feeds", "DEFAULT_BATCH", "DEFAULT_WORKSPACE"]
 
 DEFAULT_BATCH = (1, 16, 64)
 DEFAULT_WORKSPACE = 4 << 30
@@ -266,7 +266,7 @@ def _card_for(engine: Any) -> ModelCard:
 
 def build_engine(onnx_path: str | Path, out_plan: str | Path, *, precision: str = "fp32",
                  batch: tuple[int, int, int] = DEFAULT_BATCH, workspace_bytes: int = DEFAULT_WORKSPACE,
-                 timing_cache: str | Path | None = None, builder: str = "auto", conversion: str = "auto",
+                 timing_cache: str | Path | None = None, builder: str = "auto", conversion: str = "segflow",
                  encoder_batch: tuple[int, int, int] | None = None,
                  compute_capabilities: tuple[str, ...] = ()) -> BuildResult:
     """Build ``NAME.plan``, ``NAME.encoder.plan`` and ``NAME.card.json`` from an exported FlowSDF/SSB model.
@@ -278,7 +278,7 @@ def build_engine(onnx_path: str | Path, out_plan: str | Path, *, precision: str 
     out_plan : str or Path
         ``OUT.plan``; the encoder plan and the card are written beside it.
     precision : {"fp32", "fp16", "bf16"}
-        fp16/bf16 convert the ONNX first (ModelOpt AutoCast if installed, else segflow's cast pass).
+        fp16/bf16 convert the ONNX first (``conversion``).
     batch : (min, opt, max)
         Samples per field call (K x tiles) of the optimisation profile.
     workspace_bytes : int
@@ -287,8 +287,8 @@ def build_engine(onnx_path: str | Path, out_plan: str | Path, *, precision: str 
         Timing cache file to reuse and update (full TensorRT only).
     builder : {"auto", "tensorrt", "tensorrt_rtx"}
         Library to build with (``auto``: whichever is installed, full TensorRT first).
-    conversion : {"auto", "modelopt", "segflow"}
-        Precision conversion method (see :mod:`segflow.runtime.autocast`).
+    conversion : {"segflow", "modelopt", "auto"}
+        Precision conversion method (see :mod:`segflow.runtime.autocast`; default: segflow's cast pass).
     encoder_batch : (min, opt, max), optional
         Tiles per encoder call (default: ``batch``).
     compute_capabilities : tuple of str
@@ -304,12 +304,15 @@ def build_engine(onnx_path: str | Path, out_plan: str | Path, *, precision: str 
     field_plan, encoder_plan, card_path = _plan_paths(Path(out_plan))
     infos = []
     with tempfile.TemporaryDirectory(prefix="segflow-build-") as tmp:
-        jobs = ((engine.field, field_plan, batch), (engine.encoder, encoder_plan, encoder_batch or batch))
-        for src, dst, rng in jobs:
+        jobs = (("field", engine.field, field_plan, batch),
+                ("encoder", engine.encoder, encoder_plan, encoder_batch or batch))
+        feeds = sample_feeds(engine, card) if precision != "fp32" and conversion_method(conversion) == "modelopt" \
+            else {}
+        for role, src, dst, rng in jobs:
             graph, used = src, "none"
             if precision != "fp32":
                 graph = Path(tmp) / f"{src.stem}.{precision}.onnx"
-                used = convert_precision(src, graph, precision, method=conversion)
+                used = convert_precision(src, graph, precision, method=conversion, calibration=feeds.get(role))
             infos.append(build_plan(graph, dst, batch=rng, spatial=card.tile, workspace_bytes=workspace_bytes,
                                     timing_cache=timing_cache, builder=builder, precision=precision,
                                     conversion=used, source_name=src.name,
@@ -338,20 +341,53 @@ def _onnx_paths(out: Path, source: Path) -> tuple[Path, Path, Path]:
     return out, out.with_name(f"{stem}.encoder.onnx"), out.with_name(f"{stem}.card.json")
 
 
-def _relative_error(reference: Path, converted: Path, tile: int, batch: int = 2) -> float:
-    """Max |converted - reference| / max |reference| over the outputs, on random inputs, ONNX Runtime CPU."""
+def sample_feeds(engine: Any, card: ModelCard, batch: int = 2, seed: int = 0) -> dict[str, dict[str, Any]]:
+    """Inputs for each fp32 graph of an exported model, as the sampler feeds them: ``{"encoder": ..., "field": ...}``.
+
+    Dynamic dimensions are ``batch`` first and then the card's tile. The encoder gets standard-normal images
+    (tiles are normalised), the field its noise ``x``, times ``t`` in [0.05, 0.95], the features the fp32
+    encoder computes from those images on ONNX Runtime's CPU provider, and (SSB) annotator labels from 0 to the
+    card's ``n_labels``. Used as ModelOpt AutoCast's calibration data and for the fp16 parity check, so both
+    see values of the sizes the runtime produces (random features or float labels would not do).
+    """
+    import numpy as np
+    import onnxruntime as ort
+    from segflow.runtime.backends.onnxrt import session_options
+
+    rng = np.random.default_rng(seed)
+    n_labels = int(card.bridge.get("n_labels", 0)) if card.kind == "ssb" else 0
+
+    def shape_of(arg: Any) -> list[int]:
+        return [d if isinstance(d, int) else batch if i == 0 else card.tile for i, d in enumerate(arg.shape)]
+
+    enc = ort.InferenceSession(str(engine.encoder), session_options(), providers=["CPUExecutionProvider"])
+    feeds: dict[str, dict[str, Any]] = {"encoder": {a.name: rng.standard_normal(shape_of(a)).astype(np.float32)
+                                                    for a in enc.get_inputs()}}
+    features = dict(zip((o.name for o in enc.get_outputs()), enc.run(None, feeds["encoder"]), strict=True))
+    field = ort.InferenceSession(str(engine.field), session_options(), providers=["CPUExecutionProvider"])
+    feeds["field"] = {}
+    for arg in field.get_inputs():
+        shape = shape_of(arg)
+        if arg.name in features:
+            value = features[arg.name]
+        elif arg.type == "tensor(int64)":
+            value = rng.integers(0, n_labels + 1, shape, dtype=np.int64)
+        elif arg.name == "t":
+            value = rng.uniform(0.05, 0.95, shape).astype(np.float32)
+        else:
+            value = rng.standard_normal(shape).astype(np.float32)
+        feeds["field"][arg.name] = value
+    return feeds
+
+
+def _relative_error(reference: Path, converted: Path, feed: dict[str, Any]) -> float:
+    """Max |converted - reference| / max |reference| over the outputs on ``feed``, ONNX Runtime CPU."""
     import numpy as np
     import onnxruntime as ort
     from segflow.runtime.backends.onnxrt import session_options
 
     ref, low = (ort.InferenceSession(str(p), session_options(), providers=["CPUExecutionProvider"])
                 for p in (reference, converted))
-    rng = np.random.default_rng(0)
-    feed = {}
-    for arg in ref.get_inputs():  # dynamic dims: batch first, then the tile
-        shape = [d if isinstance(d, int) else batch if i == 0 else tile for i, d in enumerate(arg.shape)]
-        feed[arg.name] = (rng.uniform(0.05, 0.95, shape) if arg.name == "t" else rng.standard_normal(shape)
-                          ).astype(np.float32)
     worst = 0.0
     for a, b in zip(ref.run(None, feed), low.run(None, feed), strict=True):
         scale = max(float(np.abs(a).max()), 1e-6)
@@ -360,7 +396,7 @@ def _relative_error(reference: Path, converted: Path, tile: int, batch: int = 2)
 
 
 def convert_engine(onnx_path: str | Path, out_onnx: str | Path, *, precision: str = "fp16",
-                   conversion: str = "auto", check: bool = True) -> ConvertResult:
+                   conversion: str = "segflow", check: bool = True) -> ConvertResult:
     """Write an exported model converted to fp16 as ``OUT.onnx``, ``OUT.encoder.onnx`` and ``OUT.card.json``.
 
     For ONNX Runtime (module docstring). Nothing is written unless both graphs convert (and, with ``check``,
@@ -379,12 +415,13 @@ def convert_engine(onnx_path: str | Path, out_onnx: str | Path, *, precision: st
     graphs = {"field": (engine.field, field), "encoder": (engine.encoder, encoder)}  # role -> (source, output)
     with tempfile.TemporaryDirectory(prefix=".segflow-convert-", dir=field.parent) as tmp:
         staged = {role: Path(tmp) / dst.name for role, (_src, dst) in graphs.items()}
+        feeds = sample_feeds(engine, card) if check or conversion_method(conversion) == "modelopt" else {}
         for role, (src, _dst) in graphs.items():
-            used = convert_precision(src, staged[role], precision, method=conversion)
+            used = convert_precision(src, staged[role], precision, method=conversion, calibration=feeds.get(role))
         errors = {}
         if check:
             try:
-                errors = {role: _relative_error(src, staged[role], card.tile) for role, (src, _dst) in graphs.items()}
+                errors = {role: _relative_error(src, staged[role], feeds[role]) for role, (src, _dst) in graphs.items()}
             except Exception as exc:  # noqa: BLE001 - ORT raises several types; nothing has been written yet
                 raise BackendError(f"the fp16 graphs converted from {engine.field} do not run on ONNX Runtime "
                                    f"({type(exc).__name__}: {str(exc)[:200]}): try --conversion "

@@ -44,8 +44,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="timing cache to reuse and update (full TensorRT; kept per TensorRT version and GPU)")
     p.add_argument("--builder", default="auto", choices=("auto", "tensorrt", "tensorrt_rtx"),
                    help="library to build with (default: whichever is installed, full TensorRT first)")
-    p.add_argument("--conversion", default="auto", choices=("auto", "modelopt", "segflow"),
-                   help="fp16/bf16 ONNX conversion (default: ModelOpt AutoCast if installed, else segflow's)")
+    p.add_argument("--conversion", default="segflow", choices=("segflow", "modelopt", "auto"),
+                   help="fp16/bf16 ONNX conversion: segflow's cast pass (default), NVIDIA ModelOpt AutoCast, or "
+                        "auto (ModelOpt if installed, else segflow's)")
     p.add_argument("--compute-capability", default="", metavar="CC[,CC...]",
                    help="TensorRT-RTX target GPUs, e.g. 7.5 for Turing (default: the library's own targets)")
 

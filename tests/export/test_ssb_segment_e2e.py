@@ -9,6 +9,7 @@ JSON summary's kind / K / steps / NFE (doubled with classifier-free guidance).
 from __future__ import annotations
 
 import json
+import re
 
 import cv2
 import numpy as np
@@ -154,3 +155,23 @@ def test_bad_label_or_guidance_is_one_sentence(engine, image, tmp_path, capsys, 
     err = capsys.readouterr().err.strip()
     assert code == 2 and message in err and "\n" not in err
     assert not out.exists()
+
+
+def test_fp16_onnx_conversion_of_an_ssb_engine(engine, image, tmp_path, capsys):
+    """``runtime build --out X.onnx`` on an SSB engine: the parity check feeds the field its int64 labels."""
+    from segflow.runtime import engine as eng
+
+    from segflow.card import card_from_onnx, resolve_engine
+
+    card = card_from_onnx(engine)
+    feeds = eng.sample_feeds(resolve_engine(engine), card)
+    labels = feeds["field"]["label"]
+    assert labels.dtype == np.int64 and 0 <= labels.min() and labels.max() <= card.bridge["n_labels"]
+    out = tmp_path / "ssb16.onnx"
+    said = _call(runtime_main, capsys, "build", "--onnx", engine, "--out", out)
+    assert "fp16 (segflow conversion)" in said
+    errors = re.search(r"field (\S+), encoder (\S+);", said).groups()
+    assert all(0 < float(e) < 2e-3 for e in errors), said
+    _call(runtime_main, capsys, "segment", "--engine", out, image, "--out", tmp_path / "seg", "--samples", 2,
+          "--steps", 2, "--label", 1, "-q")
+    assert (tmp_path / "seg" / f"{image.stem}_mask.tif").is_file()

@@ -85,3 +85,62 @@ def test_no_tensorrt_needed(blur_copy, tmp_path, monkeypatch):
     monkeypatch.setitem(sys.modules, "tensorrt", None)
     monkeypatch.setitem(sys.modules, "tensorrt_rtx", None)
     assert eng.convert_engine(blur_copy, tmp_path / "y.onnx", check=False).field.is_file()
+
+
+def _fake_modelopt(monkeypatch, seen):
+    """A stand-in for ``modelopt.onnx.autocast`` that, like the real one, runs the graph on its calibration data
+    (a folder of .npz files) before converting, and records what it was given and its loggers' level."""
+    import logging
+    import types
+
+    import onnxruntime as ort
+    from segflow.runtime import autocast
+
+    def convert_to_mixed_precision(*, onnx_path, low_precision_type, calibration_data=None, **_kw):
+        assert calibration_data is not None, "ModelOpt's own random inputs have every dynamic dimension 1"
+        from pathlib import Path
+
+        batches = [dict(np.load(f)) for f in sorted(Path(calibration_data).glob("*.npz"))]
+        sess = ort.InferenceSession(onnx_path, providers=["CPUExecutionProvider"])
+        for feed in batches:
+            sess.run(None, feed)
+        seen[Path(onnx_path).name] = batches
+        seen["log_level"] = logging.getLogger("modelopt.onnx").getEffectiveLevel()
+        return autocast.cast_model(__import__("onnx").load(onnx_path), low_precision_type)
+
+    fake = types.ModuleType("modelopt.onnx.autocast")
+    fake.convert_to_mixed_precision = convert_to_mixed_precision
+    for name in ("modelopt", "modelopt.onnx"):
+        monkeypatch.setitem(sys.modules, name, types.ModuleType(name))
+    monkeypatch.setitem(sys.modules, "modelopt.onnx.autocast", fake)
+
+
+def test_modelopt_calibrates_on_the_models_own_inputs(blur_copy, tmp_path, monkeypatch):
+    import logging
+
+    import onnxruntime as ort
+
+    seen = {}
+    _fake_modelopt(monkeypatch, seen)
+    logging.getLogger("modelopt.onnx").setLevel(logging.INFO)
+    res = eng.convert_engine(blur_copy, tmp_path / "m.onnx", conversion="modelopt")
+    assert res.conversion == "modelopt" and all(0 < e < 2e-3 for e in res.errors.values())
+    assert seen["log_level"] == logging.WARNING  # its per-node INFO lines are not printed
+    assert logging.getLogger("modelopt.onnx").level == logging.INFO  # and the level is given back
+    tile = eng.card_from_onnx(blur_copy).tile
+    [enc], [field] = seen["blur.encoder.onnx"], seen["blur.onnx"]
+    assert set(field) == {"x", "t", "features"} and enc["image"].shape[0] == 2 and enc["image"].shape[2:] == (
+        tile, tile)
+    assert 0.05 <= field["t"].min() and field["t"].max() <= 0.95
+    encoder = ort.InferenceSession(str(blur_copy.with_name("blur.encoder.onnx")), providers=["CPUExecutionProvider"])
+    np.testing.assert_array_equal(field["features"], encoder.run(None, enc)[0])  # the encoder's, not noise
+
+
+def test_sample_feeds_are_batched_and_seeded(blur_copy):
+    card = eng.card_from_onnx(blur_copy)
+    feeds = eng.sample_feeds(eng.resolve_engine(blur_copy), card, batch=3, seed=1)
+    assert {k: v.shape[0] for k, v in feeds["field"].items()} == {"x": 3, "t": 3, "features": 3}
+    again = eng.sample_feeds(eng.resolve_engine(blur_copy), card, batch=3, seed=1)
+    np.testing.assert_array_equal(feeds["field"]["x"], again["field"]["x"])
+    other = eng.sample_feeds(eng.resolve_engine(blur_copy), card, batch=3, seed=2)
+    assert not np.array_equal(feeds["field"]["x"], other["field"]["x"])
