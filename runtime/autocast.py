@@ -227,7 +227,7 @@ def _quiet_modelopt() -> Iterator[None]:
 
 
 def _modelopt_convert(src: str | Path, precision: str, calibration: Mapping[str, np.ndarray] | None) -> Any:
-    autocast = require("modelopt.onnx.autocast", "nvidia-modelopt[onnx]", "ModelOpt AutoCast")
+    autocast = require("modelopt.onnx.autocast", '"nvidia-modelopt[onnx]"', "ModelOpt AutoCast")
     with tempfile.TemporaryDirectory(prefix="segflow-calib-") as folder, _quiet_modelopt():
         if calibration is not None:  # a folder of .npz files is taken as they are (one file: one batch)
             np.savez(Path(folder) / "batch0.npz", **calibration)

@@ -326,7 +326,7 @@ def default_workers(cores: int, gpus: int, workers: int | None, threads: int | N
 def _start_ray(address: str | None, cores: int):
     from segflow.errors import require
 
-    ray = require("ray", "segflow[cluster]", "runtime batch (a cohort on Ray)")
+    ray = require("ray", '"ray>=2.9"', "runtime batch (a cohort on Ray)")
     address = address or os.environ.get("RAY_ADDRESS")
     if ray.is_initialized():
         return ray, False

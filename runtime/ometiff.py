@@ -58,7 +58,7 @@ def _half(src, kind: str, tmpdir: str | None, in_memory: int):
     if oh * ow <= in_memory or tmpdir is None:
         out = np.empty((oh, ow), dtype)
     else:
-        zarr = require("zarr", "segflow[wsi]", "writing large pyramids")
+        zarr = require("zarr", '"zarr>=3" imagecodecs', "writing large pyramids")
         out = zarr.create_array(store=tempfile.mkdtemp(dir=tmpdir, suffix=".zarr"), shape=(oh, ow),
                                 chunks=(_BLOCK // 2, _BLOCK // 2), dtype=dtype, fill_value=0)
     for y in range(0, h, _BLOCK):

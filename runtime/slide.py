@@ -2,7 +2,7 @@
 
 * :class:`TiffSlide` — tiled or pyramidal TIFF, OME-TIFF, SVS, NDPI, ... through tifffile's zarr store (zarr 3);
 * :class:`OpenSlideReader` — other vendor formats (MRXS, VMS, ...) when ``openslide-python`` and
-  ``openslide-bin`` are installed (``pip install segflow[wsi]``);
+  ``openslide-bin`` are installed (``pip install -e ".[wsi]"``);
 * :class:`ArrayReader` — an in-memory (or memory-mapped, or zarr) array, for embedding and tests.
 
 All readers share :class:`SlideReader`: ``levels`` (size, downsample and microns per pixel of each level),
@@ -133,7 +133,7 @@ class TiffSlide(SlideReader):
     def __init__(self, path: str | Path) -> None:
         import tifffile
 
-        zarr = require("zarr", "segflow[wsi]", "reading slides region by region")
+        zarr = require("zarr", '"zarr>=3" imagecodecs', "reading slides region by region")
         self.path = str(path)
         p = Path(path)
         if not p.is_file():
@@ -223,10 +223,10 @@ def _tiff_mpp(tif) -> float | None:
 
 
 class OpenSlideReader(SlideReader):
-    """Vendor formats through OpenSlide (optional: ``pip install segflow[wsi]``); RGB, transparent = white."""
+    """Vendor formats through OpenSlide (``pip install openslide-python openslide-bin``); RGB, transparent = white."""
 
     def __init__(self, path: str | Path) -> None:
-        openslide = require("openslide", "segflow[wsi]", f"reading slide {path}")
+        openslide = require("openslide", "openslide-python openslide-bin", f"reading slide {path}")
         self.path = str(path)
         try:
             self._slide = openslide.OpenSlide(str(path))

@@ -32,7 +32,8 @@ BUILDERS = ("auto", *LIBRARIES)
 PLAN_SCHEMA = 1
 # Compute capabilities a TensorRT-RTX engine runs on by default (TensorRT-RTX docs, "CPU-only AOT").
 RTX_DEFAULT_TARGETS = ("8.0", "8.6", "8.9", "12.0")
-INSTALL_HINT = "pip install segflow[gpu]"
+# pip packages of each library (TensorRT-RTX for RTX workstation GPUs, full TensorRT for data-centre GPUs)
+PACKAGES = {"tensorrt_rtx": "tensorrt-rtx-cu13", "tensorrt": "tensorrt"}
 
 
 def import_trt(builder: str = "auto") -> ModuleType:
@@ -51,10 +52,13 @@ def import_trt(builder: str = "auto") -> ModuleType:
             return importlib.import_module(name)
         except ImportError:
             continue
-    what = "the `tensorrt` or `tensorrt_rtx` Python module, neither is" if builder == "auto" else \
-        f"the `{builder}` Python module, which is not"
-    raise MissingDependency(f"TensorRT engines need {what} installed: run `{INSTALL_HINT}` "
-                            f"(or `pip install segflow[gpu-trt]` for data-centre GPUs).")
+    if builder == "auto":
+        raise MissingDependency(
+            "TensorRT engines need the `tensorrt` or `tensorrt_rtx` Python module, neither is installed: run "
+            f"`pip install {PACKAGES['tensorrt_rtx']}` (RTX workstation GPUs) or `pip install {PACKAGES['tensorrt']}` "
+            "(data-centre GPUs).")
+    raise MissingDependency(f"TensorRT engines need the `{builder}` Python module, which is not installed: run "
+                            f"`pip install {PACKAGES[builder]}`.")
 
 
 _LOGGERS: dict[Any, Any] = {}  # trt.Logger class -> this process's logger (never dropped: TensorRT keeps it)

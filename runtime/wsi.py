@@ -183,7 +183,7 @@ def _bits_dtype(k: int) -> Any:
 
 def _zeros(root: str, name: str, shape: tuple[int, ...], dtype: Any, chunk: int, create: bool = True) -> Any:
     """A chunked zarr array under ``root``: created filled with zeros, or (``create=False``) opened for update."""
-    zarr = require("zarr", "segflow[wsi]", "streaming whole slides")
+    zarr = require("zarr", '"zarr>=3" imagecodecs', "streaming whole slides")
     store = os.path.join(root, name + ".zarr")
     if not create:
         return zarr.open_array(store=store, mode="r+")

@@ -15,7 +15,7 @@
 # wheel against the checksums `prepare` wrote. `bench` stops itself after BENCH_LIMIT seconds (default 540),
 # keeping the rows it finished.
 #
-# On a workstation with network access: `pip install segflow[gpu]`, then swap ONNX Runtime for its GPU build
+# On a workstation with network access: `pip install -e ".[gpu]"` in the checkout, then swap ONNX Runtime for its GPU build
 # (`pip uninstall -y onnxruntime && pip install onnxruntime-gpu[cuda,cudnn]`; the two packages share one folder),
 # and run `test` and `bench`.
 # Results go to benchmarks/results/ (and to $OUT when that variable is set, so the device tool returns them).

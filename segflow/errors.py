@@ -52,7 +52,8 @@ def require(module: str, extra: str, purpose: str):
     module : str
         Dotted module name, e.g. ``"cupy"``.
     extra : str
-        The pip extra or package that provides it, e.g. ``"segflow[gpu]"``.
+        The ``pip install`` arguments that provide it, e.g. ``'"cupy-cuda13x[ctk]"'`` (packages on PyPI, not
+        segflow's extras: ``pip install segflow[...]`` would look for a segflow on PyPI, which is not ours).
     purpose : str
         What it is needed for, used in the message.
     """
@@ -67,6 +68,10 @@ def require(module: str, extra: str, purpose: str):
         ) from exc
 
 
+# CuPy for CUDA 13 with NVRTC and the CUDA libraries it loads, from PyPI (see require_cupy)
+CUPY_PACKAGE = '"cupy-cuda13x[ctk]"'
+
+
 def require_cupy(purpose: str):
     """CuPy, once it is known to compile kernels, or :class:`MissingDependency` naming the fix.
 
@@ -74,13 +79,13 @@ def require_cupy(purpose: str):
     wheel does not bring (CuPy's docs: install the CUDA Toolkit, or ``cupy-cuda13x[ctk]``). Device queries work
     without it, so a missing NVRTC would otherwise surface only at the first array operation of a run.
     """
-    cp = require("cupy", "segflow[gpu]", purpose)
+    cp = require("cupy", CUPY_PACKAGE, purpose)
     try:
         cp.cuda.nvrtc.getVersion()
     except Exception as exc:  # noqa: BLE001 - CuPy raises its loader's own error types
         why = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
         raise MissingDependency(
             f"{purpose} needs CuPy's kernel compiler NVRTC, which CuPy cannot load ({why}): run "
-            f"`pip install \"cupy-cuda13x[ctk]\"` or install the CUDA 13 toolkit."
+            f"`pip install {CUPY_PACKAGE}` or install the CUDA 13 toolkit."
         ) from exc
     return cp

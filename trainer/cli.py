@@ -124,7 +124,8 @@ def _unavailable(name: str, reason: str):
         p.add_argument("rest", nargs=argparse.REMAINDER)
 
     def missing_run(args: argparse.Namespace) -> int:
-        raise SegflowError(f"`trainer {name}` is unavailable here ({reason}): install segflow[train].")
+        raise SegflowError(f"`trainer {name}` is unavailable here ({reason}): run `pip install torch onnx onnxscript` "
+                           "(or `pip install -e \".[train]\"` in the segflow checkout).")
 
     return missing_args, missing_run
 

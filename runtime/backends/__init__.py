@@ -13,11 +13,12 @@ from typing import Any
 
 from segflow.runtime.backends.base import Backend, TensorMeta, check_feed
 
-from segflow.errors import BackendError
+from segflow.errors import CUPY_PACKAGE, BackendError
 
 __all__ = ["Backend", "TensorMeta", "check_feed", "open_backend", "KINDS"]
 
 KINDS = ("auto", "onnxrt", "tensorrt")
+_PACKAGES = {"cupy": CUPY_PACKAGE, "tensorrt": "tensorrt", "tensorrt_rtx": "tensorrt-rtx-cu13"}  # module -> pip
 
 
 def _tensorrt_backend(path: Path, **options: Any) -> Backend:
@@ -27,7 +28,7 @@ def _tensorrt_backend(path: Path, **options: Any) -> Backend:
         if exc.name != "segflow.runtime.backends.tensorrt":
             raise BackendError(
                 f"running the TensorRT plan {path} needs the module {exc.name!r}, which is not installed: "
-                f"run `pip install segflow[gpu]` or export and pass the .onnx model instead."
+                f"run `pip install {_PACKAGES.get(exc.name.split('.')[0], exc.name)}` or pass the .onnx model instead."
             ) from exc
         raise BackendError(
             f"this segflow has no TensorRT backend to run {path}: pass the .onnx model instead."

@@ -18,7 +18,7 @@ A very large slide is split into region units (--region-blocks) so that idle wor
 join with the same seam rules as `runtime segment`, so the outputs do not depend on the split.
 
 Without --address (or RAY_ADDRESS), a local Ray is started for the run and stopped afterwards.
-Ray is optional: pip install "segflow[cluster]".
+Ray is optional: pip install "ray>=2.9" (or pip install -e ".[cluster]" in the segflow checkout).
 
 examples:
   runtime batch --engine models/flowsdf-small-monuseg.onnx slides/ --out cohort-out/

@@ -551,7 +551,7 @@ def test_segment_cli_plan_without_cupy_is_one_sentence(plan, tmp_path, monkeypat
     tifffile.imwrite(img, _image())
     assert runtime_main(["segment", "--engine", str(plan), str(img), "--out", str(tmp_path / "o"), "-q"]) == 2
     err = capsys.readouterr().err.strip()
-    assert "cupy" in err and "pip install segflow[gpu]" in err and len(err.splitlines()) == 1
+    assert "cupy" in err and 'pip install "cupy-cuda13x[ctk]"' in err and len(err.splitlines()) == 1
     assert not (tmp_path / "o").exists()
 
 

@@ -192,6 +192,6 @@ def test_modelopt_missing_is_one_sentence(tmp_path, monkeypatch):
     onnx.save(unet_block(), src)
     from segflow.errors import MissingDependency
 
-    with pytest.raises(MissingDependency, match=r"pip install nvidia-modelopt\[onnx\]"):
+    with pytest.raises(MissingDependency, match=r"pip install \"nvidia-modelopt\[onnx\]\""):
         autocast.convert_precision(src, tmp_path / "h.onnx", "fp16", method="modelopt")
     assert autocast.convert_precision(src, tmp_path / "h.onnx", "fp16", method="auto") == "segflow"

@@ -156,7 +156,9 @@ def test_backend_missing_plan_and_record(tmp_path):
 
 def test_backend_missing_library(tmp_path, monkeypatch):
     monkeypatch.setitem(sys.modules, "tensorrt", None)
-    with pytest.raises(MissingDependency, match=r"pip install segflow\[gpu\]"):
+    # the plan's own library, not TensorRT-RTX: a full-TensorRT plan cannot run on TensorRT-RTX
+    with pytest.raises(MissingDependency, match=r"`tensorrt` Python module, which is not installed: run `pip install "
+                                                 r"tensorrt`\.$"):
         TensorRTBackend(_plan(tmp_path, _info())).activate()
 
 

@@ -104,9 +104,10 @@ def test_cli_flags_registered():
 def test_missing_library_message(monkeypatch):
     monkeypatch.setitem(sys.modules, "tensorrt", None)
     monkeypatch.setitem(sys.modules, "tensorrt_rtx", None)
-    with pytest.raises(MissingDependency, match=r"neither is installed: run `pip install segflow\[gpu\]`"):
+    with pytest.raises(MissingDependency, match=r"neither is installed: run `pip install tensorrt-rtx-cu13` \(RTX "):
         trtlib.import_trt("auto")
-    with pytest.raises(MissingDependency, match="`tensorrt_rtx` Python module, which is not installed"):
+    with pytest.raises(MissingDependency, match="`tensorrt_rtx` Python module, which is not installed: run `pip "
+                                                "install tensorrt-rtx-cu13`"):
         trtlib.import_trt("tensorrt_rtx")
     with pytest.raises(ValueError, match="unknown TensorRT builder"):
         trtlib.import_trt("onnxruntime")
@@ -117,7 +118,8 @@ def test_build_command_missing_library_writes_nothing(monkeypatch, model):
     monkeypatch.setitem(sys.modules, "tensorrt_rtx", None)
     with pytest.raises(MissingDependency) as err:
         build_cmd.run(_args(onnx=str(model), out=str(model.with_suffix(".plan"))))
-    assert str(err.value).count(". ") == 0 and "pip install segflow[gpu]" in str(err.value)
+    assert str(err.value).count(". ") == 0 and "pip install tensorrt-rtx-cu13` (RTX workstation GPUs) or " \
+        "`pip install tensorrt` (data-centre GPUs)" in str(err.value)
     assert not model.with_suffix(".plan").exists()
 
 

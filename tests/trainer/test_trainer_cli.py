@@ -30,7 +30,8 @@ def test_parser_does_not_import_torch_and_coin_explains_without_it():
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert out.returncode == 2
     assert out.stderr.strip() == ("trainer coin: error: `trainer coin` is unavailable here (torch is not installed): "
-                                  "install segflow[train].")
+                                  "run `pip install torch onnx onnxscript` (or `pip install -e \".[train]\"` in the "
+                                  "segflow checkout).")
 
 
 def test_coin_help_lists_its_settings(capsys):
