@@ -40,10 +40,10 @@ from typing import Any
 
 import numpy as np
 
-from segflow.errors import require
+from segflow.errors import ModelCardError, require
 
 __all__ = ["PRECISIONS", "METHODS", "KEEP_FP32", "LOW_PRECISION_OPS", "convert_precision", "conversion_method",
-           "cast_model", "node_precisions"]
+           "cast_model", "node_precisions", "load_graph"]
 
 PRECISIONS = ("fp32", "fp16", "bf16")
 METHODS = ("auto", "modelopt", "segflow")
@@ -236,6 +236,18 @@ def _modelopt_convert(src: str | Path, precision: str, calibration: Mapping[str,
             keep_io_types=True, calibration_data=folder if calibration is not None else None)
 
 
+def load_graph(onnx: Any, src: str | Path, **kw: Any) -> Any:
+    """``onnx.load`` with one sentence naming the file when it holds no model (an empty file parses as one)."""
+    try:
+        model = onnx.load(str(src), **kw)
+    except Exception as exc:  # noqa: BLE001 - protobuf's DecodeError, OSError, onnx's own errors
+        raise ModelCardError(f"{src} is not a readable ONNX model ({type(exc).__name__}): export it again with "
+                             "`trainer export`.") from exc
+    if not model.graph.node or not model.graph.output:
+        raise ModelCardError(f"{src} holds no ONNX graph (no nodes or outputs): export it again with `trainer export`.")
+    return model
+
+
 def convert_precision(src: str | Path, dst: str | Path, precision: str, *, method: str = "segflow",
                       calibration: Mapping[str, np.ndarray] | None = None) -> str:
     """Write ``src`` converted to ``precision`` at ``dst``; return the method used (``"none"`` for fp32).
@@ -250,14 +262,15 @@ def convert_precision(src: str | Path, dst: str | Path, precision: str, *, metho
     if precision not in PRECISIONS:
         raise ValueError(f"precision must be one of {PRECISIONS}, got {precision!r}")
     onnx = require("onnx", "onnx", "converting an ONNX graph to fp16/bf16")
+    method = conversion_method(method)
+    header = load_graph(onnx, src, load_external_data=False)
     if precision == "fp32":
-        conversion_method(method)
         model, used = onnx.load(str(src)), "none"
-    elif conversion_method(method) == "modelopt":
+    elif method == "modelopt":
         model, used = _modelopt_convert(src, precision, calibration), "modelopt"
     else:
         model, used = cast_model(onnx.load(str(src)), precision), "segflow"
-    meta = {p.key: p.value for p in onnx.load(str(src), load_external_data=False).metadata_props}
+    meta = {p.key: p.value for p in header.metadata_props}
     del model.metadata_props[:]
     for k, v in meta.items():
         model.metadata_props.add(key=k, value=v)

@@ -23,16 +23,19 @@ TensorRT precision: ONNX Runtime has no bf16 kernels for these graphs.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
+import shutil
 import tempfile
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from types import ModuleType
 from typing import Any
 
-from segflow.runtime.autocast import PRECISIONS, conversion_method, convert_precision
+from segflow.runtime.autocast import PRECISIONS, conversion_method, convert_precision, load_graph
 from segflow.runtime.trtlib import PlanInfo, gpu_info, import_trt, library_name, sidecar_path, trt_logger
 
 from segflow import __version__
@@ -46,6 +49,7 @@ __all__ = ["parse_batch", "parse_bytes", "profile_shapes", "build_plan", "build_
 DEFAULT_BATCH = (1, 16, 64)
 DEFAULT_WORKSPACE = 4 << 30
 _UNITS = {"": 1, "K": 1 << 10, "M": 1 << 20, "G": 1 << 30, "T": 1 << 40}
+_MAX_BATCH = 2**31 - 1
 
 
 def parse_batch(text: str) -> tuple[int, int, int]:
@@ -65,6 +69,8 @@ def parse_batch(text: str) -> tuple[int, int, int]:
         vals = vals * 3
     if len(vals) != 3 or not 1 <= vals[0] <= vals[1] <= vals[2]:
         raise ValueError(f"batch {text!r} must be MIN:OPT:MAX with 1 <= MIN <= OPT <= MAX, e.g. 1:16:64")
+    if vals[2] > _MAX_BATCH:
+        raise ValueError(f"batch {text!r} goes beyond {_MAX_BATCH} (TensorRT's dimensions are 32-bit)")
     return vals[0], vals[1], vals[2]
 
 
@@ -81,7 +87,9 @@ def parse_bytes(text: str | int) -> int:
         raise ValueError(f"size {text!r} must be a number with an optional K/M/G/T suffix, e.g. 4G")
     value = int(float(m.group(1)) * _UNITS[m.group(2).upper()])
     if value <= 0:
-        raise ValueError(f"size {text!r} must be positive")
+        raise ValueError(f"size {text!r} must be at least one byte")
+    if value >= 1 << 63:
+        raise ValueError(f"size {text!r} is beyond what TensorRT takes (less than 8 EiB)")
     return value
 
 
@@ -126,14 +134,59 @@ def _atomic_write(path: Path, data: bytes) -> None:
         raise
 
 
-def _parse_onnx(trt: ModuleType, builder: Any, logger: Any, onnx_path: Path) -> Any:
+@contextlib.contextmanager
+def staged_outputs(folder: Path) -> Iterator[Path]:
+    """A hidden staging folder inside ``folder`` (created with its parents if missing) for outputs written
+    all or nothing: the caller moves its files into ``folder`` once all of them exist. On any failure,
+    interruption included, the staging folder and the folders created here are removed again."""
+    created = []
+    p = folder.absolute()
+    while not p.exists():
+        created.append(p)
+        p = p.parent
+    stage = None
+    try:
+        try:
+            folder.mkdir(parents=True, exist_ok=True)
+            stage = Path(tempfile.mkdtemp(prefix=".segflow-build-", dir=folder))
+        except OSError as exc:
+            raise InputError(f"cannot write to the output folder {folder} ({exc.strerror or exc}): choose a "
+                             f"writable --out or fix the folder's permissions.") from exc
+        yield stage
+        created = []  # success: the folders stay
+    finally:
+        if stage is not None:
+            shutil.rmtree(stage, ignore_errors=True)
+        for d in created:  # deepest first
+            with contextlib.suppress(OSError):
+                d.rmdir()
+
+
+def _publish(stage: Path, folder: Path, names: list[str]) -> None:
+    """Move ``names`` from ``stage`` into ``folder`` in that order (the caller puts the file that makes the set
+    usable last), with the default file mode."""
+    for name in names:
+        os.chmod(stage / name, default_file_mode())
+        os.replace(stage / name, folder / name)
+
+
+def _refuse_folders(paths: list[Path]) -> None:
+    for p in paths:
+        if p.is_dir():
+            raise InputError(f"{p} is a folder, where runtime build writes a file: remove it or choose another --out.")
+
+
+def _parse_onnx(trt: ModuleType, builder: Any, logger: Any, onnx_path: Path, source: Path) -> Any:
     flag = getattr(trt.NetworkDefinitionCreationFlag, "STRONGLY_TYPED", None)
     network = builder.create_network(0 if flag is None else 1 << int(flag))
     parser = trt.OnnxParser(network, logger)
     if not parser.parse_from_file(str(onnx_path)):
         errors = "; ".join(str(parser.get_error(i)) for i in range(parser.num_errors)) or "no details"
-        raise ModelCardError(f"{library_name(trt)} cannot parse {onnx_path} ({errors}): re-export the model "
+        raise ModelCardError(f"{library_name(trt)} cannot parse {source} ({errors}): re-export the model "
                              f"with a supported opset or upgrade {library_name(trt)}.")
+    if network.num_inputs == 0 or network.num_outputs == 0:  # the parser takes any bytes for an empty graph
+        raise ModelCardError(f"{source} holds no graph {library_name(trt)} can build (no inputs or outputs): "
+                             f"export the model again with `trainer export`.")
     return network, parser
 
 
@@ -160,9 +213,11 @@ def _timing_cache(trt: ModuleType, config: Any, path: Path | None, stamp: dict[s
 def build_plan(onnx_path: str | Path, out_plan: str | Path, *, batch: tuple[int, int, int] = DEFAULT_BATCH,
                spatial: int = 128, workspace_bytes: int = DEFAULT_WORKSPACE, timing_cache: str | Path | None = None,
                builder: str = "auto", precision: str = "fp32", conversion: str = "none",
-               source_name: str | None = None, log_level: str = "WARNING",
+               source: str | Path | None = None, log_level: str = "WARNING",
                compute_capabilities: tuple[str, ...] = ()) -> PlanInfo:
     """Build one plan from one ONNX graph (already in its final precision) and write its build record.
+
+    ``source`` is the user's graph when ``onnx_path`` is a converted copy: messages and the record name it.
 
     Returns
     -------
@@ -172,9 +227,10 @@ def build_plan(onnx_path: str | Path, out_plan: str | Path, *, batch: tuple[int,
     trt = import_trt(builder)
     lib = library_name(trt)
     onnx_path, out_plan = Path(onnx_path), Path(out_plan)
+    source = Path(source) if source is not None else onnx_path
     logger = trt_logger(trt, log_level)
     b = trt.Builder(logger)
-    network, _parser = _parse_onnx(trt, b, logger, onnx_path)
+    network, _parser = _parse_onnx(trt, b, logger, onnx_path, source)
     config = b.create_builder_config()
     config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, int(workspace_bytes))
     # TF32 is on by default and rounds float32 convolution and matmul inputs to 10-bit mantissas: off, so the
@@ -197,7 +253,7 @@ def build_plan(onnx_path: str | Path, out_plan: str | Path, *, batch: tuple[int,
     cache = _timing_cache(trt, config, cache_path, stamp)
     plan = b.build_serialized_network(network, config)
     if plan is None:
-        raise BackendError(f"{lib} failed to build a plan from {onnx_path} (see the log above): check the "
+        raise BackendError(f"{lib} failed to build a plan from {source} (see its log above): check the "
                            f"workspace limit (--workspace) and the batch range (--batch).")
     out_plan.parent.mkdir(parents=True, exist_ok=True)
     _atomic_write(out_plan, bytes(plan))
@@ -211,7 +267,7 @@ def build_plan(onnx_path: str | Path, out_plan: str | Path, *, batch: tuple[int,
                     gpu_name=None if gpu is None else gpu.name,
                     compute_capability=None if gpu is None else gpu.compute_capability,
                     target_compute_capabilities=[t for t in targets if t], profiles=profiles,
-                    workspace_bytes=int(workspace_bytes), onnx=source_name or onnx_path.name,
+                    workspace_bytes=int(workspace_bytes), onnx=source.name,
                     conversion=conversion, segflow_version=__version__)
     _atomic_write(sidecar_path(out_plan), info.to_json().encode())
     return info
@@ -219,19 +275,33 @@ def build_plan(onnx_path: str | Path, out_plan: str | Path, *, batch: tuple[int,
 
 def _set_targets(trt: ModuleType, config: Any, targets: tuple[str, ...]) -> None:
     """TensorRT-RTX: compile for these compute capabilities (e.g. ``("7.5",)`` for Turing)."""
-    if not targets:
+    enums = _target_enums(trt, targets)
+    if not enums:
         return
+    config.num_compute_capabilities = len(enums)
+    for i, enum in enumerate(enums):
+        config.set_compute_capability(enum, i)
+
+
+def _target_enums(trt: ModuleType, targets: tuple[str, ...]) -> list[Any]:
+    """``trt.ComputeCapability`` members for ``targets``, or one sentence on what to do instead."""
+    if not targets:
+        return []
     if library_name(trt) != "tensorrt_rtx":
         raise InputError("--compute-capability applies to TensorRT-RTX builds only: full TensorRT builds for "
                          "the GPU it runs on.")
-    config.num_compute_capabilities = len(targets)
-    for i, cc in enumerate(targets):
+    enums = []
+    for cc in targets:
         enum = getattr(trt.ComputeCapability, "SM" + cc.replace(".", ""), None)
         if enum is None:
-            known = [_cc_name(v) for k, v in vars(trt.ComputeCapability).items() if k.startswith("SM")]
+            known = {_cc_name(v) for k, v in vars(trt.ComputeCapability).items() if k.startswith("SM")} - {""}
+            order = sorted(known, key=lambda c: tuple(int(x) for x in c.split(".")))
             raise InputError(f"compute capability {cc} is not offered by {library_name(trt)} "
-                             f"{trt.__version__}: choose from {', '.join(sorted(filter(None, known)))}.")
-        config.set_compute_capability(enum, i)
+                             f"{trt.__version__} (choose from {', '.join(order)}): for a GPU it does not support, "
+                             "build with full TensorRT (`pip install tensorrt`, --builder tensorrt) or write an "
+                             "--out NAME.onnx for ONNX Runtime's CUDA provider.")
+        enums.append(enum)
+    return enums
 
 
 def _cc_name(cc: Any) -> str:
@@ -251,6 +321,22 @@ class BuildResult:
     encoder_info: PlanInfo
 
 
+def _check_graph(path: Path) -> None:
+    """One sentence if ``path`` holds no readable ONNX graph (skipped where the ``onnx`` package is absent: an
+    fp32 build needs only TensorRT, whose parser reports what it cannot read)."""
+    try:
+        import onnx
+    except ImportError:
+        return
+    load_graph(onnx, path, load_external_data=False)
+
+
+def _require_file(onnx_path: str | Path) -> None:
+    if not Path(onnx_path).is_file():
+        raise InputError(f"--onnx {onnx_path} does not exist: pass the exported field graph NAME.onnx (`trainer "
+                         "export` writes it, with NAME.encoder.onnx beside it).")
+
+
 def _plan_paths(out_plan: Path) -> tuple[Path, Path, Path]:
     if out_plan.suffix != ".plan" or out_plan.name.endswith(".encoder.plan"):
         raise InputError(f"--out {out_plan} must name the field plan, ending in .plan (e.g. flowsdf.plan).")
@@ -268,7 +354,8 @@ def build_engine(onnx_path: str | Path, out_plan: str | Path, *, precision: str 
                  batch: tuple[int, int, int] = DEFAULT_BATCH, workspace_bytes: int = DEFAULT_WORKSPACE,
                  timing_cache: str | Path | None = None, builder: str = "auto", conversion: str = "segflow",
                  encoder_batch: tuple[int, int, int] | None = None,
-                 compute_capabilities: tuple[str, ...] = ()) -> BuildResult:
+                 compute_capabilities: tuple[str, ...] = (),
+                 progress: Callable[[str], None] | None = None) -> BuildResult:
     """Build ``NAME.plan``, ``NAME.encoder.plan`` and ``NAME.card.json`` from an exported FlowSDF/SSB model.
 
     Parameters
@@ -293,17 +380,32 @@ def build_engine(onnx_path: str | Path, out_plan: str | Path, *, precision: str 
         Tiles per encoder call (default: ``batch``).
     compute_capabilities : tuple of str
         TensorRT-RTX target GPUs (default: the library's, 8.0/8.6/8.9/12.0 and later).
+    progress : callable, optional
+        Called with a line before each step (conversion, each plan's build).
+
+    All five files are written together once both plans are built; on any failure (or an interruption) none
+    is, and an earlier build at ``out_plan`` is left as it was.
     """
+    say = progress or (lambda _msg: None)
     if precision not in PRECISIONS:
         raise InputError(f"precision {precision!r} is unknown: choose one of {PRECISIONS}.")
-    import_trt(builder)  # fail fast, before any conversion work
+    trt = import_trt(builder)  # fail fast, before any conversion work
+    _target_enums(trt, tuple(compute_capabilities))
+    _require_file(onnx_path)
     engine = resolve_engine(onnx_path)
     if engine.format != "onnx":
         raise InputError(f"--onnx {onnx_path} must be an exported .onnx model, not a {engine.format} file.")
     card = _card_for(engine)
     field_plan, encoder_plan, card_path = _plan_paths(Path(out_plan))
+    for graph in (engine.field, engine.encoder):  # both readable before the first (long) build starts
+        _check_graph(graph)
+    outputs = [encoder_plan, sidecar_path(encoder_plan), card_path, sidecar_path(field_plan), field_plan]
+    _refuse_folders(outputs)
+    if timing_cache and not Path(timing_cache).parent.is_dir():
+        raise InputError(f"--timing-cache {timing_cache}: its folder {Path(timing_cache).parent} does not exist; "
+                         "create it or choose another file.")
     infos = []
-    with tempfile.TemporaryDirectory(prefix="segflow-build-") as tmp:
+    with staged_outputs(field_plan.parent) as stage, tempfile.TemporaryDirectory(prefix="segflow-build-") as tmp:
         jobs = (("field", engine.field, field_plan, batch),
                 ("encoder", engine.encoder, encoder_plan, encoder_batch or batch))
         feeds = sample_feeds(engine, card) if precision != "fp32" and conversion_method(conversion) == "modelopt" \
@@ -311,13 +413,17 @@ def build_engine(onnx_path: str | Path, out_plan: str | Path, *, precision: str 
         for role, src, dst, rng in jobs:
             graph, used = src, "none"
             if precision != "fp32":
+                say(f"converting {src} to {precision} ({conversion_method(conversion)} conversion)")
                 graph = Path(tmp) / f"{src.stem}.{precision}.onnx"
                 used = convert_precision(src, graph, precision, method=conversion, calibration=feeds.get(role))
-            infos.append(build_plan(graph, dst, batch=rng, spatial=card.tile, workspace_bytes=workspace_bytes,
-                                    timing_cache=timing_cache, builder=builder, precision=precision,
-                                    conversion=used, source_name=src.name,
+            say(f"building the {role} plan with {library_name(trt)} {trt.__version__}, batch {rng[0]}..{rng[2]} "
+                f"(this takes a while)")
+            infos.append(build_plan(graph, stage / dst.name, batch=rng, spatial=card.tile,
+                                    workspace_bytes=workspace_bytes, timing_cache=timing_cache, builder=builder,
+                                    precision=precision, conversion=used, source=src,
                                     compute_capabilities=compute_capabilities))
-    _atomic_write(card_path, json.dumps(card.to_dict(), indent=1, sort_keys=True).encode())
+        (stage / card_path.name).write_text(json.dumps(card.to_dict(), indent=1, sort_keys=True))
+        _publish(stage, field_plan.parent, [p.name for p in outputs])  # the field plan, which names the set, last
     return BuildResult(field_plan, encoder_plan, card_path, infos[0], infos[1])
 
 
@@ -360,11 +466,18 @@ def sample_feeds(engine: Any, card: ModelCard, batch: int = 2, seed: int = 0) ->
     def shape_of(arg: Any) -> list[int]:
         return [d if isinstance(d, int) else batch if i == 0 else card.tile for i, d in enumerate(arg.shape)]
 
-    enc = ort.InferenceSession(str(engine.encoder), session_options(), providers=["CPUExecutionProvider"])
+    def session(path: Path) -> Any:
+        try:
+            return ort.InferenceSession(str(path), session_options(), providers=["CPUExecutionProvider"])
+        except Exception as exc:  # noqa: BLE001 - ORT's Fail / InvalidProtobuf / InvalidGraph
+            raise ModelCardError(f"ONNX Runtime cannot load {path} ({type(exc).__name__}: {str(exc)[:160]}): "
+                                 "export the model again with `trainer export`.") from exc
+
+    enc = session(engine.encoder)
     feeds: dict[str, dict[str, Any]] = {"encoder": {a.name: rng.standard_normal(shape_of(a)).astype(np.float32)
                                                     for a in enc.get_inputs()}}
     features = dict(zip((o.name for o in enc.get_outputs()), enc.run(None, feeds["encoder"]), strict=True))
-    field = ort.InferenceSession(str(engine.field), session_options(), providers=["CPUExecutionProvider"])
+    field = session(engine.field)
     feeds["field"] = {}
     for arg in field.get_inputs():
         shape = shape_of(arg)
@@ -396,7 +509,8 @@ def _relative_error(reference: Path, converted: Path, feed: dict[str, Any]) -> f
 
 
 def convert_engine(onnx_path: str | Path, out_onnx: str | Path, *, precision: str = "fp16",
-                   conversion: str = "segflow", check: bool = True) -> ConvertResult:
+                   conversion: str = "segflow", check: bool = True,
+                   progress: Callable[[str], None] | None = None) -> ConvertResult:
     """Write an exported model converted to fp16 as ``OUT.onnx``, ``OUT.encoder.onnx`` and ``OUT.card.json``.
 
     For ONNX Runtime (module docstring). Nothing is written unless both graphs convert (and, with ``check``,
@@ -406,28 +520,34 @@ def convert_engine(onnx_path: str | Path, out_onnx: str | Path, *, precision: st
     if precision != "fp16":
         raise InputError(f"precision {precision!r} for an .onnx --out: ONNX Runtime runs these graphs in fp16 "
                          f"(the exported model is fp32; bf16 is for TensorRT plans): use --precision fp16.")
+    say = progress or (lambda _msg: None)
+    _require_file(onnx_path)
     engine = resolve_engine(onnx_path)
     if engine.format != "onnx":
         raise InputError(f"--onnx {onnx_path} must be an exported .onnx model, not a {engine.format} file.")
     field, encoder, card_path = _onnx_paths(Path(out_onnx), engine.field)
+    _refuse_folders([field, encoder, card_path])
+    for graph in (engine.field, engine.encoder):
+        _check_graph(graph)
     card = _card_for(engine)
-    field.parent.mkdir(parents=True, exist_ok=True)
     graphs = {"field": (engine.field, field), "encoder": (engine.encoder, encoder)}  # role -> (source, output)
-    with tempfile.TemporaryDirectory(prefix=".segflow-convert-", dir=field.parent) as tmp:
-        staged = {role: Path(tmp) / dst.name for role, (_src, dst) in graphs.items()}
+    with staged_outputs(field.parent) as stage:
+        staged = {role: stage / dst.name for role, (_src, dst) in graphs.items()}
         feeds = sample_feeds(engine, card) if check or conversion_method(conversion) == "modelopt" else {}
         for role, (src, _dst) in graphs.items():
+            say(f"converting {src} to {precision} ({conversion_method(conversion)} conversion)")
             used = convert_precision(src, staged[role], precision, method=conversion, calibration=feeds.get(role))
         errors = {}
         if check:
+            say("checking both graphs against fp32 on ONNX Runtime's CPU provider")
             try:
                 errors = {role: _relative_error(src, staged[role], feeds[role]) for role, (src, _dst) in graphs.items()}
             except Exception as exc:  # noqa: BLE001 - ORT raises several types; nothing has been written yet
                 raise BackendError(f"the fp16 graphs converted from {engine.field} do not run on ONNX Runtime "
                                    f"({type(exc).__name__}: {str(exc)[:200]}): try --conversion "
                                    f"{'segflow' if used == 'modelopt' else 'modelopt'}, or keep fp32.") from exc
-        (Path(tmp) / card_path.name).write_text(json.dumps(card.to_dict(), indent=1, sort_keys=True))
-        for f in Path(tmp).iterdir():  # the graphs (and any external-data files) and the card, all or nothing
-            os.chmod(f, default_file_mode())
-            os.replace(f, field.parent / f.name)
+        (stage / card_path.name).write_text(json.dumps(card.to_dict(), indent=1, sort_keys=True))
+        # the graphs (and any external-data files) and the card, all or nothing; the field graph last
+        names = sorted((f.name for f in stage.iterdir()), key=lambda n: n == field.name)
+        _publish(stage, field.parent, names)
     return ConvertResult(field, encoder, card_path, used, errors)

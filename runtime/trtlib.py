@@ -16,6 +16,7 @@ import importlib
 import json
 import shutil
 import subprocess
+import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import ModuleType
@@ -65,18 +66,35 @@ _LOGGERS: dict[Any, Any] = {}  # trt.Logger class -> this process's logger (neve
 
 
 def trt_logger(trt: ModuleType, level: str = "WARNING") -> Any:
-    """The one ``trt.Logger`` of this process for library ``trt``, at ``level``.
+    """The one logger of this process for library ``trt``, at ``level``: TensorRT's messages on stderr.
 
     TensorRT registers the first logger it is given process-wide; a Builder or Runtime created with a different
     one logs a warning ("The logger passed into createInferRuntime differs from one already registered ...")
     and uses the first anyway. So every Builder and Runtime here shares one logger, and its level is set per use.
+    It writes to stderr, beside segflow's own errors (``trt.Logger`` prints to stdout, so ``runtime build > log``
+    would part an error from the library's reason for it).
     """
     logger = _LOGGERS.get(trt.Logger)  # keyed by the library's class: tests swap fake modules in and out
     if logger is None:
-        logger = _LOGGERS[trt.Logger] = trt.Logger(getattr(trt.Logger, level))
+        logger = _LOGGERS[trt.Logger] = _stderr_logger(trt, getattr(trt.Logger, level))
     else:
         logger.min_severity = getattr(trt.Logger, level)
     return logger
+
+
+def _stderr_logger(trt: ModuleType, min_severity: Any) -> Any:
+    name = library_name(trt)
+
+    class StderrLogger(trt.ILogger):
+        def __init__(self) -> None:
+            trt.ILogger.__init__(self)
+            self.min_severity = min_severity
+
+        def log(self, severity: Any, msg: str) -> None:
+            if int(severity) <= int(self.min_severity):  # INTERNAL_ERROR 0, ERROR 1, WARNING 2, INFO 3, VERBOSE 4
+                print(f"[{name}] [{getattr(severity, 'name', severity)}] {msg}", file=sys.stderr, flush=True)
+
+    return StderrLogger()
 
 
 def use_trt_logger(trt: ModuleType, logger: Any) -> None:

@@ -29,19 +29,20 @@ from pathlib import Path
 
 # class (None: the module itself) -> names segflow uses on it. Both libraries unless marked in RTX_ONLY.
 API: dict[str | None, tuple[str, ...]] = {
-    None: ("__version__", "Logger", "Builder", "OnnxParser", "Runtime", "NetworkDefinitionCreationFlag",
+    None: ("__version__", "Logger", "ILogger", "Builder", "OnnxParser", "Runtime", "NetworkDefinitionCreationFlag",
            "MemoryPoolType", "TensorIOMode", "nptype", "ComputeCapability", "CudaGraphStrategy",
            "ExecutionContextAllocationStrategy", "BuilderFlag"),
     "BuilderFlag": ("TF32",),
     "ExecutionContextAllocationStrategy": ("USER_MANAGED",),
     "CudaGraphStrategy": ("WHOLE_GRAPH_CAPTURE",),
     "Logger": ("WARNING", "min_severity"),
+    "ILogger": ("Severity", "log"),
     "NetworkDefinitionCreationFlag": ("STRONGLY_TYPED",),
     "MemoryPoolType": ("WORKSPACE",),
     "TensorIOMode": ("INPUT",),
     "Builder": ("create_network", "create_builder_config", "create_optimization_profile",
                 "build_serialized_network"),
-    "INetworkDefinition": ("num_inputs", "get_input"),
+    "INetworkDefinition": ("num_inputs", "get_input", "num_outputs"),
     "ITensor": ("name", "shape"),
     "OnnxParser": ("parse_from_file", "num_errors", "get_error"),
     "IBuilderConfig": ("set_memory_pool_limit", "add_optimization_profile", "create_timing_cache",

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import argparse
+import re
 import sys
 import time
+from pathlib import Path
 
 from segflow.errors import InputError
 
@@ -12,9 +14,10 @@ HELP = ("build TensorRT/TensorRT-RTX plans (NAME.plan, NAME.encoder.plan, NAME.c
         "model, or an fp16 ONNX pair for ONNX Runtime")
 DESCRIPTION = """\
 Build TensorRT (data-centre GPUs) or TensorRT-RTX (RTX workstation GPUs) plans from NAME.onnx and
-NAME.encoder.onnx. Plans run only on the GPU model and TensorRT version that built them: build on the target
-machine. The network is strongly typed; --precision fp16/bf16 first converts the ONNX (ModelOpt AutoCast when
-installed, else segflow's cast pass keeping norms, reductions and softmax in fp32).
+NAME.encoder.onnx. Full TensorRT plans run only on the GPU model and TensorRT version that built them: build
+on the target machine. TensorRT-RTX builds need no GPU and run on the compute capabilities they target. The
+network is strongly typed; --precision fp16/bf16 first converts the ONNX (segflow's cast pass, keeping norms,
+reductions and softmax in fp32; or --conversion modelopt). TensorRT's own log goes to stderr.
 
   runtime build --onnx models/flowsdf-small-monuseg.onnx --out flowsdf.plan --precision fp16 --batch 1:16:64 \\
                 --workspace 4G --timing-cache flowsdf.cache
@@ -36,54 +39,74 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                                                 "are written beside it); NAME.onnx writes converted ONNX graphs")
     p.add_argument("--precision", default="fp16", choices=("fp32", "fp16", "bf16"),
                    help="network precision, taken from the (converted) ONNX graph (default: fp16)")
-    p.add_argument("--batch", default="1:16:64",
-                   help="MIN:OPT:MAX samples per field call, i.e. K x tiles (default: 1:16:64)")
+    p.add_argument("--batch", default=None,
+                   help=f"MIN:OPT:MAX samples per field call, i.e. K x tiles (default: {_DEFAULTS['batch']})")
     p.add_argument("--encoder-batch", default=None, help="MIN:OPT:MAX tiles per encoder call (default: --batch)")
-    p.add_argument("--workspace", default="4G", help="workspace memory limit, e.g. 4G or 512M (default: 4G)")
+    p.add_argument("--workspace", default=None,
+                   help=f"workspace memory limit, e.g. 4G or 512M (default: {_DEFAULTS['workspace']})")
     p.add_argument("--timing-cache", default=None, metavar="FILE",
                    help="timing cache to reuse and update (full TensorRT; kept per TensorRT version and GPU)")
-    p.add_argument("--builder", default="auto", choices=("auto", "tensorrt", "tensorrt_rtx"),
+    p.add_argument("--builder", default=None, choices=("auto", "tensorrt", "tensorrt_rtx"),
                    help="library to build with (default: whichever is installed, full TensorRT first)")
     p.add_argument("--conversion", default="segflow", choices=("segflow", "modelopt", "auto"),
                    help="fp16/bf16 ONNX conversion: segflow's cast pass (default), NVIDIA ModelOpt AutoCast, or "
                         "auto (ModelOpt if installed, else segflow's)")
-    p.add_argument("--compute-capability", default="", metavar="CC[,CC...]",
+    p.add_argument("--compute-capability", default=None, metavar="CC[,CC...]",
                    help="TensorRT-RTX target GPUs, e.g. 7.5 for Turing (default: the library's own targets)")
+    p.add_argument("-q", "--quiet", action="store_true", help="no progress lines (the result line still prints)")
+
+
+def parse_compute_capabilities(text: str) -> tuple[str, ...]:
+    """``"8.9, 7.5,8.9"`` -> ``("8.9", "7.5")``: MAJOR.MINOR each, in the order given, without repeats."""
+    out: list[str] = []
+    for cc in (c.strip() for c in text.split(",")):
+        if not re.fullmatch(r"\d{1,2}\.\d", cc):
+            raise InputError(f"--compute-capability {text!r}: {cc!r} is not a compute capability like 8.9 "
+                             "(MAJOR.MINOR, comma-separated).")
+        if cc not in out:
+            out.append(cc)
+    return tuple(out)
 
 
 def parse_options(args: argparse.Namespace) -> dict:
     """Turn the parsed flags into :func:`segflow.runtime.engine.build_engine` keywords (one-sentence errors)."""
     from segflow.runtime.engine import parse_batch, parse_bytes
 
+    batches = {}
+    field_batch = _DEFAULTS["batch"] if args.batch is None else args.batch
+    for flag, text in (("--batch", field_batch), ("--encoder-batch", args.encoder_batch)):
+        try:
+            batches[flag] = None if text is None else parse_batch(text)
+        except ValueError as exc:
+            raise InputError(f"{flag}: {exc}.") from exc
     try:
-        batch = parse_batch(args.batch)
-        encoder_batch = parse_batch(args.encoder_batch) if args.encoder_batch else None
-    except ValueError as exc:
-        raise InputError(f"--batch/--encoder-batch: {exc}.") from exc
-    try:
-        workspace = parse_bytes(args.workspace)
+        workspace = parse_bytes(_DEFAULTS["workspace"] if args.workspace is None else args.workspace)
     except ValueError as exc:
         raise InputError(f"--workspace: {exc}.") from exc
-    ccs = tuple(c.strip() for c in args.compute_capability.split(",") if c.strip())
-    return {"precision": args.precision, "batch": batch, "encoder_batch": encoder_batch,
-            "workspace_bytes": workspace, "timing_cache": args.timing_cache, "builder": args.builder,
+    ccs = parse_compute_capabilities(args.compute_capability) if args.compute_capability is not None else ()
+    if args.timing_cache is not None and not Path(args.timing_cache).absolute().parent.is_dir():
+        raise InputError(f"--timing-cache {args.timing_cache}: the folder {Path(args.timing_cache).parent} does "
+                         "not exist; create it or choose another file.")
+    return {"precision": args.precision, "batch": batches["--batch"], "encoder_batch": batches["--encoder-batch"],
+            "workspace_bytes": workspace, "timing_cache": args.timing_cache, "builder": args.builder or "auto",
             "conversion": args.conversion, "compute_capabilities": ccs}
 
 
-_PLAN_ONLY = {"batch": "1:16:64", "encoder_batch": None, "workspace": "4G", "timing_cache": None,
-              "builder": "auto", "compute_capability": ""}
+_DEFAULTS = {"batch": "1:16:64", "workspace": "4G"}
+_PLAN_ONLY = ("batch", "encoder_batch", "workspace", "timing_cache", "builder", "compute_capability")
 
 
 def convert(args: argparse.Namespace) -> int:
     """``--out NAME.onnx``: write the converted ONNX pair and print the parity check."""
     from segflow.runtime.engine import convert_engine
 
-    for name, default in _PLAN_ONLY.items():
-        if getattr(args, name) != default:
+    for name in _PLAN_ONLY:  # refused whenever given, default values included: they would be silently unused
+        if getattr(args, name) is not None:
             raise InputError(f"--{name.replace('_', '-')} applies to TensorRT plans, not to an .onnx --out "
                              f"{args.out}: drop it, or name a .plan to build plans.")
     t0 = time.perf_counter()
-    res = convert_engine(args.onnx, args.out, precision=args.precision, conversion=args.conversion)
+    res = convert_engine(args.onnx, args.out, precision=args.precision, conversion=args.conversion,
+                         progress=None if args.quiet else _progress)
     check = ", ".join(f"{role} {err:.1e}" for role, err in res.errors.items())
     print(f"wrote {res.field} and {res.encoder}, {args.precision} ({res.conversion} conversion), in "
           f"{time.perf_counter() - t0:.1f} s; relative error against fp32 on random inputs: {check}; "
@@ -99,10 +122,22 @@ def run(args: argparse.Namespace) -> int:
         return convert(args)
     opts = parse_options(args)
     t0 = time.perf_counter()
-    result = build_engine(args.onnx, args.out, **opts)
-    info = result.field_info
+    result = build_engine(args.onnx, args.out, **opts, progress=None if args.quiet else _progress)
+    info, enc = result.field_info, result.encoder_info
     gpu = f"{info.gpu_name} (compute {info.compute_capability})" if info.gpu_name else "no GPU (CPU-only build)"
-    print(f"built {result.field} and {result.encoder} with {info.library} {info.trt_version}, {info.precision} "
-          f"({info.conversion} conversion), batch {opts['batch'][0]}..{opts['batch'][2]}, on {gpu} in "
+    precision = info.precision if info.conversion == "none" else f"{info.precision} ({info.conversion} conversion)"
+    eb = opts["encoder_batch"] or opts["batch"]
+    targets = f", for compute {', '.join(info.target_compute_capabilities)}" if info.target_compute_capabilities \
+        else ""
+    print(f"built {result.field} and {result.encoder} with {info.library} {info.trt_version}, {precision}, field "
+          f"batch {opts['batch'][0]}..{opts['batch'][2]}, encoder batch {eb[0]}..{eb[2]}{targets}, on {gpu} in "
           f"{time.perf_counter() - t0:.1f} s; card {result.card}", file=sys.stdout)
+    if opts["timing_cache"] and info.library == "tensorrt_rtx" and enc.library == "tensorrt_rtx":
+        print(f"note: --timing-cache {opts['timing_cache']} was not used: TensorRT-RTX has no timing caches (it "
+              "compiles its kernels on the GPU that runs the plan, and keeps them in NAME.plan.rtcache).",
+              file=sys.stderr)
     return 0
+
+
+def _progress(message: str) -> None:
+    print(f"runtime build: {message}", file=sys.stderr, flush=True)

@@ -274,9 +274,11 @@ def _runtime_api(mod: types.ModuleType) -> None:
 
 
 def make_fake_trt(name: str = "tensorrt", *, version: str = "11.4.0.106", inputs=None, parse_ok: bool = True,
-                  build_ok: bool = True, strongly_typed: bool = True, executable: bool = False) -> types.ModuleType:
+                  build_ok: bool = True, strongly_typed: bool = True, executable: bool = False,
+                  outputs: int = 1) -> types.ModuleType:
     """Build a fresh fake module; ``inputs`` maps input name -> shape with -1 for dynamic dims (with
-    ``executable``, the parsed graph's own inputs); ``executable`` adds the runtime (module docstring)."""
+    ``executable``, the parsed graph's own inputs); ``executable`` adds the runtime (module docstring);
+    ``outputs``: the parsed network's output count (TensorRT's parser takes any bytes as an empty graph)."""
     calls: list[tuple] = []
     inputs = inputs if inputs is not None else {"x": (-1, 1, -1, -1), "t": (-1,), "features": (-1, 2, -1, -1)}
 
@@ -287,6 +289,17 @@ def make_fake_trt(name: str = "tensorrt", *, version: str = "11.4.0.106", inputs
         def __init__(self, level):
             calls.append(("Logger", level))
             self.min_severity = level
+
+    class ILogger:
+        """Base class of custom loggers: subclasses call ``ILogger.__init__`` and define ``log``."""
+        Severity = enum.IntEnum("Severity", {"INTERNAL_ERROR": 0, "ERROR": 1, "WARNING": 2, "INFO": 3,
+                                             "VERBOSE": 4})
+
+        def __init__(self):
+            calls.append(("ILogger",))
+
+        def log(self, severity, msg):  # pure virtual in TensorRT
+            raise NotImplementedError
 
     registered: list[Logger] = []
 
@@ -318,6 +331,10 @@ def make_fake_trt(name: str = "tensorrt", *, version: str = "11.4.0.106", inputs
         @property
         def num_inputs(self):
             return len(self._inputs)
+
+        @property
+        def num_outputs(self):
+            return outputs
 
         def get_input(self, i):
             return self._inputs[i]
@@ -391,6 +408,7 @@ def make_fake_trt(name: str = "tensorrt", *, version: str = "11.4.0.106", inputs
         def __init__(self, logger):
             calls.append(("Builder",))
             register_logger(logger, "createInferBuilder")
+            self.logger = registered[0]
 
         def create_network(self, flags):
             calls.append(("create_network", flags))
@@ -405,7 +423,9 @@ def make_fake_trt(name: str = "tensorrt", *, version: str = "11.4.0.106", inputs
         def build_serialized_network(self, network, config):
             calls.append(("build_serialized_network",))
             mod.build_flags.append(set(config.flags))
-            if not build_ok:
+            if not build_ok:  # the library says why through its logger, as TensorRT does
+                if hasattr(self.logger, "log"):
+                    self.logger.log(ILogger.Severity.ERROR, "IBuilder::buildSerializedNetwork: Error Code 4")
                 return None
             if executable:
                 profiles = config.profile.shapes if config.profile is not None else {}
@@ -419,7 +439,7 @@ def make_fake_trt(name: str = "tensorrt", *, version: str = "11.4.0.106", inputs
     mod.logger_warnings: list[str] = []  # a Builder or Runtime given a logger other than the registered one
     mod.build_flags: list[set] = []  # the builder flags each build_serialized_network ran with
     mod.register_logger = register_logger
-    for obj in (Logger, NetworkDefinitionCreationFlag, MemoryPoolType, OnnxParser, Builder, BuilderFlag):
+    for obj in (Logger, ILogger, NetworkDefinitionCreationFlag, MemoryPoolType, OnnxParser, Builder, BuilderFlag):
         setattr(mod, obj.__name__, obj)
     # the interface classes under TensorRT's own names (scripts/check_trt_api.py looks them up there)
     mod.INetworkDefinition, mod.ITensor, mod.IBuilderConfig = Network, Tensor, Config

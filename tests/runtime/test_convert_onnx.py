@@ -54,6 +54,8 @@ def test_relative_error_is_reported_per_graph(blur_copy, tmp_path):
     (["--timing-cache", "x.cache"], "--timing-cache applies to TensorRT plans"),
     (["--compute-capability", "8.9"], "--compute-capability applies to TensorRT plans"),
     (["--batch", "1:4:8"], "--batch applies to TensorRT plans"),
+    (["--workspace", "4G"], "--workspace applies to TensorRT plans"),  # the default value, given: still unused
+    (["--builder", "auto"], "--builder applies to TensorRT plans"),
 ])
 def test_flags_that_do_not_apply_are_refused(blur_copy, tmp_path, capsys, flags, msg):
     out = tmp_path / "conv"

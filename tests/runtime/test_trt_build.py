@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import importlib.util
 import json
+import os
 import shutil
 import sys
 from pathlib import Path
@@ -17,7 +18,7 @@ from segflow.runtime.commands import build as build_cmd
 from segflow.runtime.trtlib import PlanInfo, sidecar_path
 
 from segflow.card import ModelCard, card_from_onnx
-from segflow.errors import InputError, MissingDependency, ModelCardError
+from segflow.errors import BackendError, InputError, MissingDependency, ModelCardError
 
 
 @pytest.fixture
@@ -48,13 +49,19 @@ def test_parse_batch_rejects(text):
         eng.parse_batch(text)
 
 
+def test_parse_batch_keeps_to_32_bit_dimensions():
+    assert eng.parse_batch(f"1:16:{2**31 - 1}")[2] == 2**31 - 1
+    with pytest.raises(ValueError, match="beyond 2147483647"):
+        eng.parse_batch("1:16:2147483648")
+
+
 @pytest.mark.parametrize("text,want", [("4G", 4 << 30), ("512M", 512 << 20), ("1.5g", 3 << 29), ("64k", 65536),
                                        ("2GiB", 2 << 30), (1024, 1024), ("1T", 1 << 40)])
 def test_parse_bytes(text, want):
     assert eng.parse_bytes(text) == want
 
 
-@pytest.mark.parametrize("text", ["four", "-1G", "0", "4X", "1.2.3G"])
+@pytest.mark.parametrize("text", ["four", "-1G", "0", "4X", "1.2.3G", "0.5", "99999999T"])
 def test_parse_bytes_rejects(text):
     with pytest.raises(ValueError, match="size"):
         eng.parse_bytes(text)
@@ -75,9 +82,9 @@ def test_profile_shapes_static_and_dynamic_channels():
 
 
 def _args(**kw):
-    base = {"onnx": "m.onnx", "out": "m.plan", "precision": "fp16", "batch": "1:16:64", "encoder_batch": None,
-            "workspace": "4G", "timing_cache": None, "builder": "auto", "conversion": "auto",
-            "compute_capability": ""}
+    base = {"onnx": "m.onnx", "out": "m.plan", "precision": "fp16", "batch": None, "encoder_batch": None,
+            "workspace": None, "timing_cache": None, "builder": None, "conversion": "segflow",
+            "compute_capability": None, "quiet": True}
     base.update(kw)
     return argparse.Namespace(**base)
 
@@ -89,15 +96,37 @@ def test_build_options_from_flags():
     assert opts["workspace_bytes"] == 512 << 20 and opts["compute_capabilities"] == ("7.5", "8.9")
     with pytest.raises(InputError, match="--workspace"):
         build_cmd.parse_options(_args(workspace="lots"))
-    with pytest.raises(InputError, match="--batch"):
+    with pytest.raises(InputError, match="^--batch: "):
         build_cmd.parse_options(_args(batch="64:16:1"))
+    with pytest.raises(InputError, match="^--encoder-batch: "):  # the flag at fault, and "" is not ignored
+        build_cmd.parse_options(_args(encoder_batch=""))
+    defaults = build_cmd.parse_options(_args())
+    assert (defaults["batch"], defaults["workspace_bytes"], defaults["builder"]) == ((1, 16, 64), 4 << 30, "auto")
+
+
+@pytest.mark.parametrize("text,want", [("8.9", ("8.9",)), ("8.9, 7.5,8.9", ("8.9", "7.5")), ("12.0", ("12.0",))])
+def test_compute_capabilities_parsed_in_order_without_repeats(text, want):
+    assert build_cmd.parse_compute_capabilities(text) == want
+
+
+@pytest.mark.parametrize("text", ["89", "", "8.9,", "abc", "8.9.1", "sm89"])
+def test_compute_capabilities_need_major_dot_minor(text):
+    with pytest.raises(InputError, match="is not a compute capability like 8.9"):
+        build_cmd.parse_compute_capabilities(text)
+
+
+def test_timing_cache_folder_must_exist(tmp_path):
+    with pytest.raises(InputError, match=r"--timing-cache .*nope/f.cache: the folder .*nope does not exist"):
+        build_cmd.parse_options(_args(timing_cache=str(tmp_path / "nope" / "f.cache")))
 
 
 def test_cli_flags_registered():
     parser = argparse.ArgumentParser()
     build_cmd.add_arguments(parser)
     ns = parser.parse_args(["--onnx", "a.onnx", "--out", "a.plan", "--builder", "tensorrt_rtx"])
-    assert (ns.precision, ns.batch, ns.workspace, ns.builder) == ("fp16", "1:16:64", "4G", "tensorrt_rtx")
+    # unset plan flags stay None, so an .onnx --out can refuse any that was given (build_cmd._DEFAULTS fills them)
+    assert (ns.precision, ns.batch, ns.workspace, ns.builder, ns.conversion) == (
+        "fp16", None, None, "tensorrt_rtx", "segflow")
 
 
 # -- missing libraries -----------------------------------------------------------------------------------------
@@ -202,6 +231,117 @@ def test_parse_failure_is_one_sentence(monkeypatch, no_gpu, model, tmp_path):
     with pytest.raises(ModelCardError, match=r"cannot parse .*unsupported attribute.*re-export"):
         eng.build_engine(model, tmp_path / "p.plan", precision="fp32")
     assert not (tmp_path / "p.plan").exists()
+
+
+# -- all or nothing, one sentence ---------------------------------------------------------------------------------
+def _listing(folder):
+    return sorted(str(p.relative_to(folder)) for p in folder.rglob("*"))
+
+
+@pytest.mark.parametrize("stop", [ModelCardError("encoder broken"), KeyboardInterrupt()])
+def test_a_failed_or_interrupted_encoder_build_leaves_no_files(fake_trt, model, tmp_path, monkeypatch, stop):
+    real = eng.build_plan
+
+    def field_only(graph, dst, **kw):
+        if "encoder" in Path(graph).name:
+            raise stop
+        return real(graph, dst, **kw)
+
+    monkeypatch.setattr(eng, "build_plan", field_only)
+    with pytest.raises(type(stop)):
+        eng.build_engine(model, tmp_path / "new" / "deeper" / "f.plan", precision="fp32")
+    assert not (tmp_path / "new").exists()  # the folders it created are gone too
+    monkeypatch.setattr(eng, "build_plan", real)
+    good = eng.build_engine(model, tmp_path / "g.plan", precision="fp32")
+    before = {p: p.read_bytes() for p in tmp_path.glob("g.*")}
+    monkeypatch.setattr(eng, "build_plan", field_only)
+    with pytest.raises(type(stop)):
+        eng.build_engine(model, good.field, precision="fp16")  # a failed rebuild keeps the good set as it was
+    assert {p: p.read_bytes() for p in tmp_path.glob("g.*")} == before and len(before) == 5
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".segflow-build-")]
+
+
+def test_out_folder_problems_are_one_sentence(fake_trt, model, tmp_path):
+    (tmp_path / "d.encoder.plan").mkdir()
+    with pytest.raises(InputError, match=r"d.encoder.plan is a folder, where runtime build writes a file"):
+        eng.build_engine(model, tmp_path / "d.plan", precision="fp32")
+    assert not (tmp_path / "d.plan").exists()
+    (tmp_path / "file").write_text("x")
+    with pytest.raises(InputError, match=r"cannot write to the output folder .*file/sub .*choose a writable --out"):
+        eng.build_engine(model, tmp_path / "file" / "sub" / "d.plan", precision="fp32")
+
+
+@pytest.mark.skipif(sys.platform == "win32" or os.geteuid() == 0, reason="root may write anywhere")
+def test_read_only_out_folder_is_one_sentence(fake_trt, model, tmp_path):
+    ro = tmp_path / "ro"
+    ro.mkdir()
+    ro.chmod(0o555)
+    try:
+        with pytest.raises(InputError, match=r"cannot write to the output folder .*ro "):
+            eng.build_engine(model, ro / "f.plan", precision="fp32")
+    finally:
+        ro.chmod(0o755)
+
+
+def test_an_empty_graph_is_named_not_built(monkeypatch, no_gpu, model, tmp_path):
+    monkeypatch.setitem(sys.modules, "tensorrt", make_fake_trt(outputs=0))  # what the parser makes of garbage
+    with pytest.raises(ModelCardError, match=r"blur.onnx holds no graph tensorrt can build .*trainer export"):
+        eng.build_engine(model, tmp_path / "e.plan", precision="fp32")
+    assert _listing(tmp_path) == ["blur.encoder.onnx", "blur.onnx"]
+
+
+def test_a_failed_build_names_the_users_graph_and_the_log_goes_to_stderr(monkeypatch, no_gpu, model, tmp_path,
+                                                                         capfd):
+    monkeypatch.setitem(sys.modules, "tensorrt", make_fake_trt(build_ok=False))
+    with pytest.raises(BackendError, match=rf"failed to build a plan from {model} \(see its log above\)"):
+        eng.build_engine(model, tmp_path / "f.plan", precision="fp16")  # not the converted copy in a temp folder
+    out, err = capfd.readouterr()
+    assert "[tensorrt] [ERROR] IBuilder::buildSerializedNetwork" in err and "IBuilder" not in out
+
+
+@pytest.mark.parametrize("content", [b"", b"\x00garbage\xff" * 10])
+def test_an_unreadable_graph_is_one_sentence_before_conversion(fake_trt, model, tmp_path, content):
+    model.with_name("blur.encoder.onnx").write_bytes(content)
+    for precision in ("fp32", "fp16"):
+        with pytest.raises(ModelCardError, match=r"blur.encoder.onnx (is not a readable ONNX model|holds no ONNX "
+                                                 r"graph)"):
+            eng.build_engine(model, tmp_path / "out" / "f.plan", precision=precision)
+    assert ("build_serialized_network",) not in fake_trt.calls  # found before the field plan's build
+    with pytest.raises(ModelCardError, match=r"blur.encoder.onnx (is not a readable ONNX model|holds no ONNX graph)"):
+        eng.convert_engine(model, tmp_path / "out" / "f.onnx")
+    with pytest.raises(ModelCardError, match=r"ONNX Runtime cannot load .*blur.encoder.onnx"):  # where onnx is absent
+        eng.sample_feeds(eng.resolve_engine(model), card_from_onnx(model))
+    assert not (tmp_path / "out").exists()
+
+
+def test_progress_lines_name_each_step(fake_trt, model, tmp_path):
+    said = []
+    eng.build_engine(model, tmp_path / "p.plan", precision="fp16", progress=said.append)
+    assert [m.split(" ")[0] for m in said] == ["converting", "building", "converting", "building"]
+    assert "building the encoder plan with tensorrt 11.4.0.106, batch 1..64" in said[3]
+
+
+def test_cli_result_line_and_the_rtx_timing_cache_note(monkeypatch, no_gpu, model, tmp_path, capsys):
+    from segflow.runtime.cli import main as runtime_main
+
+    monkeypatch.setitem(sys.modules, "tensorrt", None)
+    monkeypatch.setitem(sys.modules, "tensorrt_rtx", make_fake_trt("tensorrt_rtx", version="1.7.1.116"))
+    out = tmp_path / "r.plan"
+    assert runtime_main(["build", "--onnx", str(model), "--out", str(out), "--precision", "fp32", "--batch",
+                         "1:8:16", "--encoder-batch", "1:2:4", "--timing-cache", str(tmp_path / "t.cache")]) == 0
+    said, err = capsys.readouterr()
+    assert "tensorrt_rtx 1.7.1.116, fp32, field batch 1..16, encoder batch 1..4, on no GPU" in said
+    assert "(none conversion)" not in said
+    assert "runtime build: building the field plan" in err  # progress on stderr, the result on stdout
+    assert "note: --timing-cache" in err and "TensorRT-RTX has no timing caches" in err
+    assert not (tmp_path / "t.cache").exists()
+    assert runtime_main(["build", "--onnx", str(model), "--out", str(out), "--precision", "fp32", "-q"]) == 0
+    assert "runtime build:" not in capsys.readouterr().err
+
+
+def test_missing_onnx_names_the_flag(fake_trt, tmp_path):
+    with pytest.raises(InputError, match=r"--onnx .*none.onnx does not exist: pass the exported field graph"):
+        eng.build_engine(tmp_path / "none.onnx", tmp_path / "n.plan")
 
 
 def test_bad_out_name_and_precision(fake_trt, model, tmp_path):
