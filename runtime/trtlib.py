@@ -25,7 +25,7 @@ from typing import Any
 from segflow.errors import BackendError, MissingDependency, ModelCardError
 
 __all__ = ["LIBRARIES", "import_trt", "library_name", "GpuInfo", "gpu_info", "PlanInfo", "sidecar_path",
-           "check_plan", "RTX_DEFAULT_TARGETS", "rebuild_hint", "rtx_supports", "trt_logger",
+           "check_plan", "RTX_DEFAULT_TARGETS", "rebuild_hint", "plan_batch", "rtx_supports", "trt_logger",
            "use_trt_logger"]
 
 LIBRARIES = ("tensorrt", "tensorrt_rtx")
@@ -226,11 +226,36 @@ class PlanInfo:
         return (list(shapes[0]), list(shapes[2])) if shapes else None
 
 
-def rebuild_hint(plan: str | Path, extra: str = "") -> str:
-    """The command that rebuilds ``plan`` here (with ``extra`` flags)."""
+def plan_batch(info: PlanInfo) -> tuple[int, int, int] | None:
+    """(min, opt, max) of dim 0 of the plan's batched inputs (the ``--batch`` it was built with), or None."""
+    ranges = {tuple(int(s[0]) for s in shapes) for shapes in info.profiles.values() if len(shapes) == 3}
+    return min(ranges, key=lambda r: r[2]) if ranges else None
+
+
+def rebuild_hint(plan: str | Path, extra: str = "", info: PlanInfo | None = None, *, library: str | None = None,
+                 batch: tuple[int, int, int] | None = None) -> str:
+    """The ``runtime build`` command that rebuilds ``plan`` here, with ``extra`` flags appended.
+
+    With the plan's build record ``info`` it repeats what the build was given: the source graph, precision,
+    library (``library`` overrides it: the one this machine has), RTX targets and batch range (``batch``
+    overrides it); without, it guesses the graph's name from the plan's.
+    """
     p = Path(plan)
-    stem = p.name[: -len(".encoder.plan")] if p.name.endswith(".encoder.plan") else p.stem
-    return f"`runtime build --onnx {stem}.onnx --out {stem}.plan{extra}`"
+    encoder = p.name.endswith(".encoder.plan")
+    stem = p.name[: -len(".encoder.plan")] if encoder else p.stem
+    source, flags = f"{stem}.onnx", []
+    if info is not None:
+        if info.onnx:
+            source = info.onnx[: -len(".encoder.onnx")] + ".onnx" if info.onnx.endswith(".encoder.onnx") else info.onnx
+        lib = library or info.library
+        flags += [f"--precision {info.precision}", f"--builder {lib}"]
+        if info.target_compute_capabilities and lib == "tensorrt_rtx" and "--compute-capability" not in extra:
+            flags.append(f"--compute-capability {','.join(info.target_compute_capabilities)}")
+        batch = batch or plan_batch(info)
+    if batch is not None:
+        flags.append(f"--{'encoder-' if encoder else ''}batch {':'.join(map(str, batch))}")
+    tail = "".join(" " + f for f in flags) + extra
+    return f"`runtime build --onnx {source} --out {p.with_name(stem + '.plan')}{tail}`"
 
 
 def _cc_tuple(cc: str) -> tuple[int, ...]:
@@ -251,7 +276,7 @@ def check_plan(plan: str | Path, info: PlanInfo, library: str, version: str, gpu
     BackendError
         One sentence naming what the plan was built for, what this machine has, and the rebuild command.
     """
-    hint = rebuild_hint(plan)
+    hint = rebuild_hint(plan, info=info, library=library)
     if info.library != library:
         raise BackendError(f"plan {plan} was built with {info.library} but this machine runs {library}: "
                            f"rebuild it with {hint}.")
@@ -271,7 +296,7 @@ def check_plan(plan: str | Path, info: PlanInfo, library: str, version: str, gpu
             wanted = ",".join(sorted({*targets, gpu.compute_capability}, key=_cc_tuple))
             raise BackendError(f"plan {plan} was compiled for compute capabilities {', '.join(targets)} but this "
                                f"{gpu.name} is {gpu.compute_capability}: rebuild it with "
-                               f"{rebuild_hint(plan, f' --compute-capability {wanted}')}.")
+                               f"{rebuild_hint(plan, f' --compute-capability {wanted}', info)}.")
         if not ok:
             raise BackendError(f"plan {plan} was compiled for compute capabilities {', '.join(targets)} but this "
                                f"{gpu.name} is {gpu.compute_capability} (TensorRT-RTX lists no support for it): "

@@ -37,7 +37,7 @@ from typing import Any
 
 import numpy as np
 from segflow.runtime.backends.base import Backend, TensorMeta
-from segflow.runtime.trtlib import PlanInfo, check_plan, gpu_info, import_trt, rebuild_hint, trt_logger
+from segflow.runtime.trtlib import PlanInfo, check_plan, gpu_info, import_trt, plan_batch, rebuild_hint, trt_logger
 
 from segflow.errors import BackendError, ModelCardError, require_cupy
 from segflow.imageio import atomic_path
@@ -55,20 +55,24 @@ def runtime_cache_path(plan: str | Path) -> Path:
     return root / f"{plan.stem}-{key}.rtcache"
 
 
-def check_profile(plan: str | Path, name: str, shape: tuple[int, ...], lo: tuple[int, ...], hi: tuple[int, ...]
-                  ) -> None:
+def check_profile(plan: str | Path, name: str, shape: tuple[int, ...], lo: tuple[int, ...], hi: tuple[int, ...],
+                  info: PlanInfo | None = None) -> None:
     """Raise :class:`BackendError` unless ``lo <= shape <= hi`` elementwise (the plan's profile for ``name``)."""
     if len(shape) == len(lo) and all(a <= s <= b for s, a, b in zip(shape, lo, hi, strict=True)):
         return
     ranges = ", ".join(str(a) if a == b else f"{a}..{b}" for a, b in zip(lo, hi, strict=True))
-    fix = f"rebuild with {rebuild_hint(plan)[:-1]} --batch 1:{max(lo[0], 1)}:{shape[0]}`" \
-        if len(shape) == len(lo) and shape[0] > hi[0] and tuple(shape[1:]) == tuple(hi[1:]) else \
-        "feed tiles of the model's tile size or rebuild the plan for this shape"
+    if len(shape) == len(lo) and shape[0] > hi[0] and tuple(shape[1:]) == tuple(hi[1:]):
+        built = (plan_batch(info) if info is not None else None) or (lo[0], lo[0], hi[0])
+        batch = (built[0], min(built[1], shape[0]), shape[0])  # the same MIN and OPT, MAX raised to the batch
+        fix = f"rebuild with {rebuild_hint(plan, info=info, batch=batch)}"
+    else:
+        fix = "feed tiles of the model's tile size or rebuild the plan for this shape"
     raise BackendError(f"input {name!r} of plan {plan} has shape {list(shape)}, outside the plan's profile "
                        f"[{ranges}]: use a smaller batch or {fix}.")
 
 
-def validity_error(trt: Any, plan: str | Path, validity: Any, diagnostics: int) -> str | None:
+def validity_error(trt: Any, plan: str | Path, validity: Any, diagnostics: int, info: PlanInfo | None = None
+                   ) -> str | None:
     """One sentence for an INVALID engine-validity answer of TensorRT-RTX, else None."""
     if getattr(validity, "name", str(validity)).split(".")[-1] != "INVALID":
         return None
@@ -81,7 +85,7 @@ def validity_error(trt: Any, plan: str | Path, validity: Any, diagnostics: int) 
             reasons.append(key.lower().replace("_", " "))
     why = ", ".join(reasons) or "no diagnostics"
     return (f"{trt.__name__} reports plan {plan} invalid on this machine ({why}): rebuild it here with "
-            f"{rebuild_hint(plan)} or run the .onnx model with the CUDA provider.")
+            f"{rebuild_hint(plan, info=info)} or run the .onnx model with the CUDA provider.")
 
 
 class TensorRTBackend(Backend):
@@ -153,14 +157,14 @@ class TensorRTBackend(Backend):
                 validity, diag = runtime.get_engine_validity(data[: int(getattr(runtime, "engine_header_size", 64))])
             except Exception:  # noqa: BLE001 - advisory only; deserialisation below is the real check
                 validity, diag = None, 0
-            msg = validity_error(trt, self.path, validity, diag) if validity is not None else None
+            msg = validity_error(trt, self.path, validity, diag, self.info) if validity is not None else None
             if msg:
                 raise BackendError(msg)
         engine = runtime.deserialize_cuda_engine(data)
         if engine is None:
             raise BackendError(f"{self.info.library} could not load plan {self.path} (corrupt file, or built for "
                                f"another GPU or TensorRT version; see the log above): rebuild it here with "
-                               f"{rebuild_hint(self.path)}.")
+                               f"{rebuild_hint(self.path, info=self.info)}.")
         self._config = self._runtime_config(engine)
         self.engine = engine
         self.context = self._new_context()
@@ -264,7 +268,7 @@ class TensorRTBackend(Backend):
             for name, arr in feed.items():
                 meta = self._inputs[name]
                 lo, hi = self._profile[name]
-                check_profile(self.path, name, tuple(arr.shape), lo, hi)
+                check_profile(self.path, name, tuple(arr.shape), lo, hi, self.info)
                 a = cp.ascontiguousarray(cp.asarray(arr, dtype=meta.dtype))
                 if self.graph_mode is None and int(a.data.ptr) % 256:  # graph modes copy into aligned buffers
                     a = a.copy()  # TensorRT needs 256-byte-aligned tensor addresses
@@ -281,7 +285,7 @@ class TensorRTBackend(Backend):
         for name, arr in inputs.items():
             if not ctx.set_input_shape(name, tuple(arr.shape)):
                 raise BackendError(f"plan {self.path} rejected input {name!r} of shape {list(arr.shape)}: "
-                                   f"rebuild it for this shape with {rebuild_hint(self.path)}.")
+                                   f"rebuild it for this shape with {rebuild_hint(self.path, info=self.info)}.")
             self._address(ctx, name, arr)
         outs = {}
         for name, meta in self._outputs.items():

@@ -39,7 +39,20 @@ def test_check_plan_version_mismatch_is_one_sentence():
         check_plan("models/flowsdf.plan", _info(), "tensorrt", "11.5.0.1", ADA)
     msg = str(err.value)
     assert "built with tensorrt 11.4.0.106 but this machine has tensorrt 11.5.0.1" in msg
-    assert "`runtime build --onnx flowsdf.onnx --out flowsdf.plan`" in msg and msg.count(". ") == 0
+    # the rebuild repeats what the build was given (a plan's name says nothing of its precision or batch)
+    assert ("`runtime build --onnx flowsdf.onnx --out models/flowsdf.plan --precision fp16 --builder tensorrt "
+            "--batch 1:16:64`") in msg and msg.count(". ") == 0
+    src = _info(onnx="nuclei-v2.onnx", precision="bf16", profiles={
+        "x": [[2, 1, 64, 64], [8, 1, 64, 64], [32, 1, 64, 64]], "t": [[2], [8], [32]]})
+    with pytest.raises(BackendError, match=r"`runtime build --onnx nuclei-v2.onnx --out models/n.plan --precision "
+                                           r"bf16 --builder tensorrt --batch 2:8:32`\.$"):
+        check_plan("models/n.plan", src, "tensorrt", "11.5.0.1", ADA)
+    with pytest.raises(BackendError, match=r"--onnx nuclei-v2.onnx --out models/n.plan --precision bf16 --builder "
+                                           r"tensorrt --encoder-batch 2:8:32`"):  # an encoder plan's own flag
+        check_plan("models/n.encoder.plan", src, "tensorrt", "11.5.0.1", ADA)
+    with pytest.raises(BackendError, match=r"built with tensorrt but this machine runs tensorrt_rtx: rebuild it "
+                                           r"with `.* --builder tensorrt_rtx --batch"):
+        check_plan("models/n.plan", src, "tensorrt_rtx", "1.7.1.116", ADA)
 
 
 def test_check_plan_gpu_mismatch_names_both_gpus():
@@ -72,6 +85,7 @@ def test_check_plan_rtx_targets():
     only_ada = _info(library="tensorrt_rtx", trt_version="1", target_compute_capabilities=["8.9"])
     with pytest.raises(BackendError, match=r"compiled for compute capabilities 8.9 but this Quadro RTX 8000 is 7.5: "
                                            r"rebuild it with `runtime build --onnx m.onnx --out m.plan "
+                                           r"--precision fp16 --builder tensorrt_rtx --batch 1:16:64 "
                                            r"--compute-capability 7.5,8.9`\.$"):
         check_plan("m.plan", only_ada, "tensorrt_rtx", "1", turing)
     with pytest.raises(BackendError, match=r"--compute-capability 8.9,12.0`"):  # a default target left out
@@ -106,7 +120,9 @@ def test_check_profile():
         check_profile("m.plan", "x", (80, 1, 128, 128), (1, 1, 128, 128), (64, 1, 128, 128))
     msg = str(err.value)
     assert "shape [80, 1, 128, 128], outside the plan's profile [1..64, 1, 128, 128]" in msg
-    assert "--batch 1:1:80" in msg
+    assert "`runtime build --onnx m.onnx --out m.plan --batch 1:1:80`" in msg  # no record: the profile's MIN
+    with pytest.raises(BackendError, match=r"--precision fp16 --builder tensorrt --batch 1:16:80`"):  # its OPT kept
+        check_profile("m.plan", "x", (80, 1, 128, 128), (1, 1, 128, 128), (64, 1, 128, 128), _info())
     with pytest.raises(BackendError, match="feed tiles of the model's tile size"):
         check_profile("m.plan", "x", (4, 1, 96, 96), (1, 1, 128, 128), (64, 1, 128, 128))
     with pytest.raises(BackendError, match="outside"):
