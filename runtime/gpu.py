@@ -295,6 +295,10 @@ def open_segmenter(engine: str | Path, *, backend: str = "auto", cuda_graph: boo
         if backend in ("cpu", "cuda"):
             raise InputError(f"{paths.field} is a TensorRT plan, which runs on the tensorrt backend only: drop "
                              f"--backend {backend} or pass the .onnx model.")
+        from segflow.runtime.backends.tensorrt import preflight
+
+        for plan in (paths.field, paths.encoder):  # no GPU, the wrong library or GPU: say so before asking for CuPy
+            preflight(plan)
         return DeviceSegmenter(engine, cuda_graph=cuda_graph, noise=noise, backend="tensorrt", **kwargs)
     if cuda_graph:
         raise InputError(f"--cuda-graph applies to TensorRT plans, and {paths.field} is an ONNX graph: drop it, "

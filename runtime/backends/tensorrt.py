@@ -42,7 +42,7 @@ from segflow.runtime.trtlib import PlanInfo, check_plan, gpu_info, import_trt, p
 from segflow.errors import BackendError, ModelCardError, require_cupy
 from segflow.imageio import atomic_path
 
-__all__ = ["TensorRTBackend", "check_profile", "validity_error", "runtime_cache_path"]
+__all__ = ["TensorRTBackend", "check_profile", "validity_error", "runtime_cache_path", "preflight"]
 
 
 def runtime_cache_path(plan: str | Path) -> Path:
@@ -69,6 +69,18 @@ def check_profile(plan: str | Path, name: str, shape: tuple[int, ...], lo: tuple
         fix = "feed tiles of the model's tile size or rebuild the plan for this shape"
     raise BackendError(f"input {name!r} of plan {plan} has shape {list(shape)}, outside the plan's profile "
                        f"[{ranges}]: use a smaller batch or {fix}.")
+
+
+def preflight(plan: str | Path) -> tuple[PlanInfo, Any, list[str]]:
+    """What can be checked of ``plan`` before any CUDA work: the file and its build record, the library that built
+    it, and this machine's GPU (:func:`~segflow.runtime.trtlib.check_plan`). Returns the record, the library module
+    and warnings; raises one sentence otherwise. Cheap, so callers run it before installing anything else."""
+    plan = Path(plan)
+    if not plan.is_file():
+        raise ModelCardError(f"plan {plan} does not exist: build it with `runtime build`.")
+    info = PlanInfo.read(plan)
+    trt = import_trt(info.library)
+    return info, trt, check_plan(plan, info, info.library, str(trt.__version__), gpu_info())
 
 
 def validity_error(trt: Any, plan: str | Path, validity: Any, diagnostics: int, info: PlanInfo | None = None
@@ -132,11 +144,8 @@ class TensorRTBackend(Backend):
 
     # -- activation ------------------------------------------------------------------------------------------
     def _activate(self) -> None:
-        if not self.path.is_file():
-            raise ModelCardError(f"plan {self.path} does not exist: build it with `runtime build`.")
-        self.info = PlanInfo.read(self.path)
-        trt = import_trt(self.info.library)
-        for w in check_plan(self.path, self.info, self.info.library, str(trt.__version__), gpu_info()):
+        self.info, trt, notes = preflight(self.path)
+        for w in notes:
             warnings.warn(w, RuntimeWarning, stacklevel=3)
         self.cp = require_cupy("running TensorRT plans")
         self.trt = trt

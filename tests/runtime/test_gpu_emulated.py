@@ -546,15 +546,22 @@ def test_segment_cli_on_a_plan_matches_cpu(plan, blur_copy, cp, trt, tmp_path, c
     assert cp.stats["graph_launches"] > 0
 
 
-def test_segment_cli_plan_without_cupy_is_one_sentence(plan, tmp_path, monkeypatch, capsys):
+@pytest.mark.parametrize("gpu", [trtlib.GpuInfo("Fake GPU 9.0", "9.0"), None])
+def test_segment_cli_plan_without_cupy_is_one_sentence(plan, tmp_path, monkeypatch, capsys, gpu):
+    from segflow.runtime.backends import tensorrt as trt_backend
+
     monkeypatch.setitem(sys.modules, "cupy", None)
-    monkeypatch.setattr(trtlib, "gpu_info", lambda: trtlib.GpuInfo("Fake GPU 9.0", "9.0"))
+    for mod in (trtlib, trt_backend):  # a GPU nvidia-smi sees, or none at all
+        monkeypatch.setattr(mod, "gpu_info", lambda: gpu)
     img = tmp_path / "img.tif"
     tifffile.imwrite(img, _image())
     assert runtime_main(["segment", "--engine", str(plan), str(img), "--out", str(tmp_path / "o"), "-q"]) == 2
     err = capsys.readouterr().err.strip()
-    assert "cupy" in err and 'pip install "cupy-cuda13x[ctk]"' in err and len(err.splitlines()) == 1
-    assert not (tmp_path / "o").exists()
+    if gpu is None:  # the missing GPU is the problem to name, not CuPy (checked before CuPy is asked for)
+        assert "blur.plan needs an NVIDIA GPU, but none is visible" in err and "cupy" not in err
+    else:
+        assert "cupy" in err and 'pip install "cupy-cuda13x[ctk]"' in err
+    assert len(err.splitlines()) == 1 and not (tmp_path / "o").exists()
 
 
 def test_slide_on_a_plan_streams_like_the_cpu(cp, trt, tmp_path):
