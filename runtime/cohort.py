@@ -26,6 +26,7 @@ and JSON), each written atomically.
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import hashlib
 import json
@@ -269,6 +270,23 @@ class CohortWorker:
         """Process one unit (see :func:`process_unit`)."""
         return process_unit(self.seg, unit, self.out_dir, self.slide, self.region_blocks)
 
+    def close(self) -> bool:
+        """Release the engine: GPU memory, and a TensorRT-RTX plan saves the kernels it compiled (its runtime
+        cache), so the next cohort on this machine does not compile them again."""
+        self.seg.close()
+        return True
+
+
+def close_workers(ray: Any, actors: list, timeout: float = 120.0) -> None:
+    """Ask every worker to close its engine before Ray stops them (a dead or hung worker is skipped)."""
+    refs = []
+    for actor in actors:
+        with contextlib.suppress(Exception):
+            refs.append(actor.close.remote())
+    for ref in refs:
+        with contextlib.suppress(Exception):  # RayActorError, GetTimeoutError: nothing left to save there
+            ray.get(ref, timeout=timeout)
+
 
 # -- the driver ------------------------------------------------------------------------------------------------
 @dataclass
@@ -390,9 +408,12 @@ def run_cohort(engine: str | Path, items: list[dict], out_dir: str | Path, optio
                                max_restarts=opts.max_retries, max_task_retries=opts.max_retries)(CohortWorker)
         actors = [actor_cls.remote(str(engine), opts.segmenter, threads, str(out), opts.slide, opts.region_blocks)
                   for _ in range(n_workers)]
-        if on_start is not None:
-            on_start(actors)
-        done = _drive(ray, actors, todo, manifest, opts, progress, t0)
+        try:
+            if on_start is not None:
+                on_start(actors)
+            done = _drive(ray, actors, todo, manifest, opts, progress, t0)
+        finally:
+            close_workers(ray, actors)
     finally:
         if started:
             ray.shutdown()

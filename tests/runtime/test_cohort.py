@@ -268,3 +268,40 @@ def test_min_confidence_filters_images_as_runtime_segment_does(tmp_path, models_
     assert main(["batch", "--engine", "x.onnx", str(path), "--out", str(out), "--min-confidence", "1.5"]) == 2
     err = capsys.readouterr().err.strip()
     assert "min-confidence must be in [0, 1]" in err and "\n" not in err and not out.exists()
+
+
+def test_workers_close_their_engines_before_ray_stops_them():
+    """A TensorRT-RTX plan saves its compiled kernels when its Segmenter closes: every live worker is asked to."""
+    from segflow.runtime.cohort import CohortWorker, close_workers
+
+    closed = []
+
+    class Seg:
+        def close(self):
+            closed.append("seg")
+
+    worker = CohortWorker.__new__(CohortWorker)
+    worker.seg = Seg()
+    assert worker.close() is True and closed == ["seg"]
+
+    class Method:
+        def __init__(self, name, dead=False):
+            self.name, self.dead = name, dead
+
+        def remote(self):
+            if self.dead:
+                raise RuntimeError("actor died")
+            return self.name
+
+    class Actor:
+        def __init__(self, name, dead=False):
+            self.close = Method(name, dead)
+
+    class Ray:
+        def get(self, ref, timeout):
+            if ref == "hung":
+                raise TimeoutError("GetTimeoutError")
+            closed.append(ref)
+
+    close_workers(Ray(), [Actor("a"), Actor("dead", dead=True), Actor("hung"), Actor("b")])
+    assert closed == ["seg", "a", "b"]  # the dead and the hung one skipped, the others all closed
