@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import os
 import sys
 
 from segflow import __version__
@@ -70,6 +71,9 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print(f"runtime {args.command}: interrupted; no partial outputs were kept.", file=sys.stderr)
         return 130
+    except BrokenPipeError:  # `runtime info --json | head`: the reader left; say nothing more on that pipe
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 141
 
 
 if __name__ == "__main__":  # pragma: no cover

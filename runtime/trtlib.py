@@ -215,8 +215,12 @@ class PlanInfo:
         try:
             data = json.loads(path.read_text())
             names = {f.name for f in dataclasses.fields(cls)}
-            return cls(**{k: v for k, v in data.items() if k in names})
-        except (json.JSONDecodeError, TypeError) as exc:
+            info = cls(**{k: v for k, v in data.items() if k in names})
+            if not (isinstance(info.library, str) and isinstance(info.trt_version, str)
+                    and isinstance(info.profiles, dict) and isinstance(info.target_compute_capabilities, list)):
+                raise TypeError("fields of the wrong type")
+            return info
+        except (ValueError, TypeError, AttributeError, OSError) as exc:  # bad JSON or text, not an object, ...
             raise ModelCardError(f"build record {path} is unreadable ({type(exc).__name__}): "
                                  f"rebuild the plan with `runtime build`.") from exc
 
@@ -228,7 +232,10 @@ class PlanInfo:
 
 def plan_batch(info: PlanInfo) -> tuple[int, int, int] | None:
     """(min, opt, max) of dim 0 of the plan's batched inputs (the ``--batch`` it was built with), or None."""
-    ranges = {tuple(int(s[0]) for s in shapes) for shapes in info.profiles.values() if len(shapes) == 3}
+    try:
+        ranges = {tuple(int(s[0]) for s in shapes) for shapes in info.profiles.values() if len(shapes) == 3}
+    except (TypeError, ValueError, IndexError):  # a hand-edited record: no range to repeat
+        return None
     return min(ranges, key=lambda r: r[2]) if ranges else None
 
 

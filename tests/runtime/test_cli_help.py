@@ -65,3 +65,15 @@ def test_unknown_choice_is_refused_before_any_work(tmp_path, capsys):
     assert exc.value.code == 2
     assert "invalid choice: 'rk5'" in capsys.readouterr().err
     assert not (tmp_path / "o").exists()
+
+
+def test_a_closed_pipe_ends_quietly():
+    """`runtime info --json | head`: the reader leaves early; no traceback, the shell's 141 for SIGPIPE."""
+    import subprocess
+    import sys
+
+    code = ("import sys\nfrom segflow.runtime import cli\nfrom segflow.runtime.commands import info\n"
+            "def run(args):\n    raise BrokenPipeError(32, 'Broken pipe')\n"
+            "info.run = run\nsys.exit(cli.main(['info', '--engine', 'x.onnx']))\n")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 141 and out.stderr == "", out.stderr

@@ -109,7 +109,13 @@ def test_plan_info_roundtrip_and_errors(tmp_path):
     sidecar_path(plan).write_text(_info().to_json())
     assert PlanInfo.read(plan) == _info()
     assert PlanInfo.read(plan).profile_range("x") == ([1, 1, 128, 128], [64, 1, 128, 128])
-    sidecar_path(plan).write_text("{not json")
+    for bad in ("{not json", "[1, 2]", '{"library": 5, "trt_version": "1", "precision": "fp16"}',
+                '{"library": "tensorrt"}', '{"library": "tensorrt", "trt_version": "1", "precision": "fp16", '
+                '"profiles": [1]}'):
+        sidecar_path(plan).write_text(bad)
+        with pytest.raises(ModelCardError, match="unreadable"):
+            PlanInfo.read(plan)
+    sidecar_path(plan).write_bytes(b"\xff\xfe\x00")
     with pytest.raises(ModelCardError, match="unreadable"):
         PlanInfo.read(plan)
 
