@@ -85,6 +85,10 @@ def run(args: argparse.Namespace) -> int:
             gpu = f"{b['gpu_name']} (compute {b['compute_capability']})" if b["gpu_name"] else "no GPU (ahead of time)"
             targets = f", runs on compute {', '.join(b['target_compute_capabilities'])}" \
                 if b["target_compute_capabilities"] else ""
+            if not targets and b["library"] == "tensorrt_rtx":
+                from segflow.runtime.trtlib import RTX_DEFAULT_TARGETS
+
+                targets = f", runs on compute {', '.join(RTX_DEFAULT_TARGETS)} and newer (TensorRT-RTX's defaults)"
             print(f"  built with {b['library']} {b['trt_version']}, {b['precision']}, on {gpu}{targets}, "
                   f"from {b['onnx']}")
             for name, (lo, opt, hi) in sorted(b["profiles"].items()):
