@@ -36,7 +36,15 @@ from types import ModuleType
 from typing import Any
 
 from segflow.runtime.autocast import PRECISIONS, conversion_method, convert_precision, load_graph
-from segflow.runtime.trtlib import PlanInfo, gpu_info, import_trt, library_name, sidecar_path, trt_logger
+from segflow.runtime.trtlib import (
+    PlanInfo,
+    deferred_interrupt,
+    gpu_info,
+    import_trt,
+    library_name,
+    sidecar_path,
+    trt_logger,
+)
 
 from segflow import __version__
 from segflow.card import ModelCard, card_from_onnx, resolve_engine
@@ -165,9 +173,10 @@ def staged_outputs(folder: Path) -> Iterator[Path]:
 def _publish(stage: Path, folder: Path, names: list[str]) -> None:
     """Move ``names`` from ``stage`` into ``folder`` in that order (the caller puts the file that makes the set
     usable last), with the default file mode."""
-    for name in names:
-        os.chmod(stage / name, default_file_mode())
-        os.replace(stage / name, folder / name)
+    with deferred_interrupt():  # all five renames or none started: a Ctrl-C here acts once they are done
+        for name in names:
+            os.chmod(stage / name, default_file_mode())
+            os.replace(stage / name, folder / name)
 
 
 def _refuse_folders(paths: list[Path]) -> None:
@@ -230,7 +239,8 @@ def build_plan(onnx_path: str | Path, out_plan: str | Path, *, batch: tuple[int,
     source = Path(source) if source is not None else onnx_path
     logger = trt_logger(trt, log_level)
     b = trt.Builder(logger)
-    network, _parser = _parse_onnx(trt, b, logger, onnx_path, source)
+    with deferred_interrupt():
+        network, _parser = _parse_onnx(trt, b, logger, onnx_path, source)
     config = b.create_builder_config()
     config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, int(workspace_bytes))
     # TF32 is on by default and rounds float32 convolution and matmul inputs to 10-bit mantissas: off, so the
@@ -251,7 +261,8 @@ def build_plan(onnx_path: str | Path, out_plan: str | Path, *, batch: tuple[int,
              "gpu": None if gpu is None else [gpu.name, gpu.compute_capability]}
     cache_path = Path(timing_cache) if timing_cache else None
     cache = _timing_cache(trt, config, cache_path, stamp)
-    plan = b.build_serialized_network(network, config)
+    with deferred_interrupt():  # a Ctrl-C acts when the build returns (see deferred_interrupt)
+        plan = b.build_serialized_network(network, config)
     if plan is None:
         raise BackendError(f"{lib} failed to build a plan from {source} (see its log above): check the "
                            f"workspace limit (--workspace) and the batch range (--batch).")

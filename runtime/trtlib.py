@@ -11,12 +11,16 @@
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import importlib
 import json
 import shutil
+import signal
 import subprocess
 import sys
+import threading
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import ModuleType
@@ -25,8 +29,8 @@ from typing import Any
 from segflow.errors import BackendError, MissingDependency, ModelCardError
 
 __all__ = ["LIBRARIES", "import_trt", "library_name", "GpuInfo", "gpu_info", "PlanInfo", "sidecar_path",
-           "check_plan", "RTX_DEFAULT_TARGETS", "rebuild_hint", "plan_batch", "rtx_supports", "trt_logger",
-           "use_trt_logger"]
+           "check_plan", "RTX_DEFAULT_TARGETS", "rebuild_hint", "plan_batch", "deferred_interrupt", "rtx_supports",
+           "trt_logger", "use_trt_logger"]
 
 LIBRARIES = ("tensorrt", "tensorrt_rtx")
 BUILDERS = ("auto", *LIBRARIES)
@@ -95,6 +99,29 @@ def _stderr_logger(trt: ModuleType, min_severity: Any) -> Any:
                 print(f"[{name}] [{getattr(severity, 'name', severity)}] {msg}", file=sys.stderr, flush=True)
 
     return StderrLogger()
+
+
+@contextlib.contextmanager
+def deferred_interrupt() -> Iterator[None]:
+    """Hold a Ctrl-C until the block has finished, then raise it.
+
+    Around TensorRT calls that log through a Python logger: TensorRT calls ``log`` for every message (filtered
+    ones too), so a ``KeyboardInterrupt`` would surface inside ``log``, where the bindings catch it, print
+    "Exception caught in log()" and carry on; the build would finish and be published. Also around steps that
+    must not stop halfway (moving a build's files into place). Only in the main thread (where Python runs
+    signal handlers); elsewhere the block runs as it is.
+    """
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    caught: list[int] = []
+    previous = signal.signal(signal.SIGINT, lambda signum, _frame: caught.append(signum))
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
+    if caught:
+        raise KeyboardInterrupt
 
 
 def use_trt_logger(trt: ModuleType, logger: Any) -> None:

@@ -37,7 +37,16 @@ from typing import Any
 
 import numpy as np
 from segflow.runtime.backends.base import Backend, TensorMeta
-from segflow.runtime.trtlib import PlanInfo, check_plan, gpu_info, import_trt, plan_batch, rebuild_hint, trt_logger
+from segflow.runtime.trtlib import (
+    PlanInfo,
+    check_plan,
+    deferred_interrupt,
+    gpu_info,
+    import_trt,
+    plan_batch,
+    rebuild_hint,
+    trt_logger,
+)
 
 from segflow.errors import BackendError, ModelCardError, require_cupy
 from segflow.imageio import atomic_path
@@ -141,6 +150,7 @@ class TensorRTBackend(Backend):
         self._config: Any = None  # TensorRT-RTX runtime configuration
         self._scratch: Any = None  # activation memory shared by the contexts ("capture" mode)
         self._keep: list[Any] = []
+        self._logger: Any = None  # the process's TensorRT logger (holds a Ctrl-C that came during a TensorRT call)
 
     # -- activation ------------------------------------------------------------------------------------------
     def _activate(self) -> None:
@@ -159,7 +169,8 @@ class TensorRTBackend(Backend):
         except Exception as exc:  # noqa: BLE001 - CUDA's own errors (driver too old, device busy or lost)
             raise BackendError(f"CUDA could not start for plan {self.path} ({exc}): check the NVIDIA driver with "
                                f"`nvidia-smi` (CUDA 13 needs driver 580 or newer).") from exc
-        runtime = trt.Runtime(trt_logger(trt))
+        self._logger = trt_logger(trt)
+        runtime = trt.Runtime(self._logger)
         data = self.path.read_bytes()
         if hasattr(runtime, "get_engine_validity"):
             try:
@@ -169,7 +180,8 @@ class TensorRTBackend(Backend):
             msg = validity_error(trt, self.path, validity, diag, self.info) if validity is not None else None
             if msg:
                 raise BackendError(msg)
-        engine = runtime.deserialize_cuda_engine(data)
+        with deferred_interrupt():
+            engine = runtime.deserialize_cuda_engine(data)
         if engine is None:
             raise BackendError(f"{self.info.library} could not load plan {self.path} (corrupt file, or built for "
                                f"another GPU or TensorRT version; see the log above): rebuild it here with "
@@ -376,7 +388,8 @@ class TensorRTBackend(Backend):
         caller = cp.cuda.get_current_stream()
         self.stream.wait_event(caller.record())  # inputs written on the caller's stream come first
         inputs = self._device_inputs(feed)
-        outs = self._launch(inputs)
+        with deferred_interrupt():  # TensorRT may log during a call (see trtlib.deferred_interrupt)
+            outs = self._launch(inputs)
         self._keep = list(inputs.values())  # alive until the next call (the stream may still read them)
         if to_host:
             host = {n: cp.asnumpy(b, stream=self.stream) for n, b in outs.items()}

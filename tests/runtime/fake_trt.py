@@ -34,6 +34,8 @@ import ctypes
 import enum
 import importlib.machinery
 import json
+import os
+import signal
 import sys
 import types
 from pathlib import Path
@@ -275,10 +277,12 @@ def _runtime_api(mod: types.ModuleType) -> None:
 
 def make_fake_trt(name: str = "tensorrt", *, version: str = "11.4.0.106", inputs=None, parse_ok: bool = True,
                   build_ok: bool = True, strongly_typed: bool = True, executable: bool = False,
-                  outputs: int = 1) -> types.ModuleType:
+                  outputs: int = 1, interrupt_build: bool = False) -> types.ModuleType:
     """Build a fresh fake module; ``inputs`` maps input name -> shape with -1 for dynamic dims (with
     ``executable``, the parsed graph's own inputs); ``executable`` adds the runtime (module docstring);
-    ``outputs``: the parsed network's output count (TensorRT's parser takes any bytes as an empty graph)."""
+    ``outputs``: the parsed network's output count (TensorRT's parser takes any bytes as an empty graph);
+    ``interrupt_build``: a Ctrl-C (SIGINT to this process) arrives during the build, while TensorRT calls the
+    logger, whose exceptions the real bindings catch and print ("Exception caught in log()") before going on."""
     calls: list[tuple] = []
     inputs = inputs if inputs is not None else {"x": (-1, 1, -1, -1), "t": (-1,), "features": (-1, 2, -1, -1)}
 
@@ -423,6 +427,12 @@ def make_fake_trt(name: str = "tensorrt", *, version: str = "11.4.0.106", inputs
         def build_serialized_network(self, network, config):
             calls.append(("build_serialized_network",))
             mod.build_flags.append(set(config.flags))
+            if interrupt_build:
+                try:  # the signal is handled at the next Python step: inside log(), under real TensorRT
+                    os.kill(os.getpid(), signal.SIGINT)
+                    self.logger.log(ILogger.Severity.VERBOSE, "tactic timing")  # filtered, but still called
+                except BaseException as exc:  # noqa: BLE001 - what the bindings do with an exception in log()
+                    print(f"[ERROR] Exception caught in log(): {type(exc).__name__}", file=sys.stderr)
             if not build_ok:  # the library says why through its logger, as TensorRT does
                 if hasattr(self.logger, "log"):
                     self.logger.log(ILogger.Severity.ERROR, "IBuilder::buildSerializedNetwork: Error Code 4")

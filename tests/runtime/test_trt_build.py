@@ -261,6 +261,28 @@ def test_a_failed_or_interrupted_encoder_build_leaves_no_files(fake_trt, model, 
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".segflow-build-")]
 
 
+def test_ctrl_c_during_a_tensorrt_build_stops_it_and_publishes_nothing(monkeypatch, no_gpu, model, tmp_path, capfd):
+    """TensorRT calls the logger during a build and its bindings swallow exceptions raised there: a Ctrl-C must
+    be held over the call and raised after it, not left to surface inside log()."""
+    monkeypatch.setitem(sys.modules, "tensorrt", make_fake_trt(interrupt_build=True))
+    with pytest.raises(KeyboardInterrupt):
+        eng.build_engine(model, tmp_path / "out" / "f.plan", precision="fp32")
+    assert not (tmp_path / "out").exists()
+    assert "Exception caught in log()" not in capfd.readouterr().err
+
+
+def test_deferred_interrupt_holds_ctrl_c_until_the_block_ends():
+    import signal
+
+    done = []
+    with pytest.raises(KeyboardInterrupt):
+        with trtlib.deferred_interrupt():
+            os.kill(os.getpid(), signal.SIGINT)
+            done.append("rest of the block")
+    assert done == ["rest of the block"]
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # the handler is given back
+
+
 def test_out_folder_problems_are_one_sentence(fake_trt, model, tmp_path):
     (tmp_path / "d.encoder.plan").mkdir()
     with pytest.raises(InputError, match=r"d.encoder.plan is a folder, where runtime build writes a file"):
