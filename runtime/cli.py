@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import importlib
 import os
+import stat
 import sys
 
 from segflow import __version__
@@ -56,6 +57,13 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _stdout_is_a_pipe() -> bool:
+    try:
+        return stat.S_ISFIFO(os.fstat(sys.stdout.fileno()).st_mode)
+    except (OSError, ValueError, AttributeError):  # no file descriptor (stdout replaced, or closed)
+        return False
+
+
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the ``runtime`` console script."""
     parser = build_parser()
@@ -71,7 +79,10 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print(f"runtime {args.command}: interrupted; no partial outputs were kept.", file=sys.stderr)
         return 130
-    except BrokenPipeError:  # `runtime info --json | head`: the reader left; say nothing more on that pipe
+    except BrokenPipeError:
+        if not _stdout_is_a_pipe():
+            raise  # some other pipe broke: that is an error to show
+        # `runtime info --json | head`: the reader left; say nothing more on that pipe
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return 141
 

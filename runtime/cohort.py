@@ -277,15 +277,20 @@ class CohortWorker:
         return True
 
 
-def close_workers(ray: Any, actors: list, timeout: float = 120.0) -> None:
-    """Ask every worker to close its engine before Ray stops them (a dead or hung worker is skipped)."""
+def close_workers(ray: Any, actors: list, timeout: float = 60.0) -> None:
+    """Ask every worker to close its engine before Ray stops them, waiting ``timeout`` seconds in all (a worker
+    still busy with a slide, dead or hung, is left to Ray)."""
     refs = []
     for actor in actors:
         with contextlib.suppress(Exception):
             refs.append(actor.close.remote())
-    for ref in refs:
-        with contextlib.suppress(Exception):  # RayActorError, GetTimeoutError: nothing left to save there
-            ray.get(ref, timeout=timeout)
+    if not refs:
+        return
+    with contextlib.suppress(Exception):
+        ready, _ = ray.wait(refs, num_returns=len(refs), timeout=timeout)  # one deadline for all of them
+        for ref in ready:
+            with contextlib.suppress(Exception):  # RayActorError: nothing left to save there
+                ray.get(ref)
 
 
 # -- the driver ------------------------------------------------------------------------------------------------

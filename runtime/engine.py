@@ -278,7 +278,7 @@ def build_plan(onnx_path: str | Path, out_plan: str | Path, *, batch: tuple[int,
                     gpu_name=None if gpu is None else gpu.name,
                     compute_capability=None if gpu is None else gpu.compute_capability,
                     target_compute_capabilities=[t for t in targets if t], profiles=profiles,
-                    workspace_bytes=int(workspace_bytes), onnx=source.name,
+                    workspace_bytes=int(workspace_bytes), onnx=source.name, onnx_path=str(source.resolve()),
                     conversion=conversion, segflow_version=__version__)
     _atomic_write(sidecar_path(out_plan), info.to_json().encode())
     return info
@@ -412,9 +412,11 @@ def build_engine(onnx_path: str | Path, out_plan: str | Path, *, precision: str 
         _check_graph(graph)
     outputs = [encoder_plan, sidecar_path(encoder_plan), card_path, sidecar_path(field_plan), field_plan]
     _refuse_folders(outputs)
-    if timing_cache and not Path(timing_cache).parent.is_dir():
-        raise InputError(f"--timing-cache {timing_cache}: its folder {Path(timing_cache).parent} does not exist; "
-                         "create it or choose another file.")
+    cache_dir = Path(timing_cache).absolute().parent if timing_cache else None
+    if cache_dir is not None and library_name(trt) != "tensorrt_rtx" and not cache_dir.is_dir() \
+            and cache_dir != field_plan.parent.absolute():  # the out folder is created by the build
+        raise InputError(f"--timing-cache {timing_cache}: its folder {cache_dir} does not exist; create it or choose "
+                         "another file.")
     infos = []
     with staged_outputs(field_plan.parent) as stage, tempfile.TemporaryDirectory(prefix="segflow-build-") as tmp:
         jobs = (("field", engine.field, field_plan, batch),

@@ -213,6 +213,8 @@ class PlanInfo:
         Name of the ONNX graph the plan was built from (after precision conversion, its source).
     conversion : str
         How the ONNX was converted (``"none"``, ``"modelopt"`` or ``"segflow"``).
+    onnx_path : str
+        Absolute path of that source graph at build time (rebuild hints use it while it exists).
     """
 
     library: str
@@ -225,6 +227,7 @@ class PlanInfo:
     workspace_bytes: int | None = None
     onnx: str = ""
     conversion: str = "none"
+    onnx_path: str = ""
     segflow_version: str = ""
     schema: int = PLAN_SCHEMA
 
@@ -243,8 +246,10 @@ class PlanInfo:
             data = json.loads(path.read_text())
             names = {f.name for f in dataclasses.fields(cls)}
             info = cls(**{k: v for k, v in data.items() if k in names})
-            if not (isinstance(info.library, str) and isinstance(info.trt_version, str)
-                    and isinstance(info.profiles, dict) and isinstance(info.target_compute_capabilities, list)):
+            text = (info.library, info.trt_version, info.precision, info.onnx, info.conversion, info.onnx_path)
+            if not (all(isinstance(v, str) for v in text) and isinstance(info.profiles, dict)
+                    and isinstance(info.target_compute_capabilities, list)
+                    and all(isinstance(v, str) for v in info.target_compute_capabilities)):
                 raise TypeError("fields of the wrong type")
             return info
         except (ValueError, TypeError, AttributeError, OSError) as exc:  # bad JSON or text, not an object, ...
@@ -268,28 +273,39 @@ def plan_batch(info: PlanInfo) -> tuple[int, int, int] | None:
 
 def rebuild_hint(plan: str | Path, extra: str = "", info: PlanInfo | None = None, *, library: str | None = None,
                  batch: tuple[int, int, int] | None = None) -> str:
-    """The ``runtime build`` command that rebuilds ``plan`` here, with ``extra`` flags appended.
+    """The ``runtime build`` command that rebuilds ``plan`` (and its partner plan) here, ``extra`` flags appended.
 
-    With the plan's build record ``info`` it repeats what the build was given: the source graph, precision,
-    library (``library`` overrides it: the one this machine has), RTX targets and batch range (``batch``
-    overrides it); without, it guesses the graph's name from the plan's.
+    With the plan's build record ``info`` it repeats what the build was given: the source graph (its path while
+    it exists), precision, library (``library`` overrides it: the one this machine has), RTX targets and both
+    batch ranges (the partner plan's from its own record; ``batch`` overrides this plan's); without a record, it
+    guesses the graph's name from the plan's.
     """
     p = Path(plan)
     encoder = p.name.endswith(".encoder.plan")
     stem = p.name[: -len(".encoder.plan")] if encoder else p.stem
+    field_plan = p.with_name(stem + ".plan")
     source, flags = f"{stem}.onnx", []
+    ranges: dict[str, tuple[int, int, int] | None] = {"encoder" if encoder else "field": batch}
     if info is not None:
-        if info.onnx:
-            source = info.onnx[: -len(".encoder.onnx")] + ".onnx" if info.onnx.endswith(".encoder.onnx") else info.onnx
+        named = info.onnx_path if info.onnx_path and Path(info.onnx_path).is_file() else info.onnx
+        if named:
+            source = named[: -len(".encoder.onnx")] + ".onnx" if named.endswith(".encoder.onnx") else named
         lib = library or info.library
         flags += [f"--precision {info.precision}", f"--builder {lib}"]
         if info.target_compute_capabilities and lib == "tensorrt_rtx" and "--compute-capability" not in extra:
             flags.append(f"--compute-capability {','.join(info.target_compute_capabilities)}")
-        batch = batch or plan_batch(info)
-    if batch is not None:
-        flags.append(f"--{'encoder-' if encoder else ''}batch {':'.join(map(str, batch))}")
+        ranges["encoder" if encoder else "field"] = batch or plan_batch(info)
+        partner = p.with_name(stem + (".plan" if encoder else ".encoder.plan"))
+        try:
+            ranges["field" if encoder else "encoder"] = plan_batch(PlanInfo.read(partner))
+        except ModelCardError:
+            pass
+    if ranges.get("field") is not None:
+        flags.append(f"--batch {':'.join(map(str, ranges['field']))}")
+    if ranges.get("encoder") is not None and ranges["encoder"] != ranges.get("field"):
+        flags.append(f"--encoder-batch {':'.join(map(str, ranges['encoder']))}")
     tail = "".join(" " + f for f in flags) + extra
-    return f"`runtime build --onnx {source} --out {p.with_name(stem + '.plan')}{tail}`"
+    return f"`runtime build --onnx {source} --out {field_plan}{tail}`"
 
 
 def _cc_tuple(cc: str) -> tuple[int, ...]:

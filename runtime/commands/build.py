@@ -6,7 +6,6 @@ import argparse
 import re
 import sys
 import time
-from pathlib import Path
 
 from segflow.errors import InputError
 
@@ -84,9 +83,6 @@ def parse_options(args: argparse.Namespace) -> dict:
     except ValueError as exc:
         raise InputError(f"--workspace: {exc}.") from exc
     ccs = parse_compute_capabilities(args.compute_capability) if args.compute_capability is not None else ()
-    if args.timing_cache is not None and not Path(args.timing_cache).absolute().parent.is_dir():
-        raise InputError(f"--timing-cache {args.timing_cache}: the folder {Path(args.timing_cache).parent} does "
-                         "not exist; create it or choose another file.")
     return {"precision": args.precision, "batch": batches["--batch"], "encoder_batch": batches["--encoder-batch"],
             "workspace_bytes": workspace, "timing_cache": args.timing_cache, "builder": args.builder or "auto",
             "conversion": args.conversion, "compute_capabilities": ccs}

@@ -69,6 +69,7 @@ def test_unknown_choice_is_refused_before_any_work(tmp_path, capsys):
 
 def test_a_closed_pipe_ends_quietly():
     """`runtime info --json | head`: the reader leaves early; no traceback, the shell's 141 for SIGPIPE."""
+    import os
     import subprocess
     import sys
 
@@ -77,3 +78,7 @@ def test_a_closed_pipe_ends_quietly():
             "info.run = run\nsys.exit(cli.main(['info', '--engine', 'x.onnx']))\n")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert out.returncode == 141 and out.stderr == "", out.stderr
+    with open(os.devnull, "w") as devnull:  # stdout is not a pipe: another pipe broke, and that is shown
+        out = subprocess.run([sys.executable, "-c", code], stdout=devnull, stderr=subprocess.PIPE, text=True,
+                             timeout=120)
+    assert out.returncode == 1 and "BrokenPipeError" in out.stderr

@@ -298,10 +298,14 @@ def test_workers_close_their_engines_before_ray_stops_them():
             self.close = Method(name, dead)
 
     class Ray:
-        def get(self, ref, timeout):
-            if ref == "hung":
-                raise TimeoutError("GetTimeoutError")
+        def wait(self, refs, num_returns, timeout):
+            assert num_returns == len(refs) == 4 and timeout == 60.0  # one deadline for all the workers
+            return [r for r in refs if r != "hung"], ["hung"]
+
+        def get(self, ref):
+            if ref == "b":
+                raise RuntimeError("RayActorError")
             closed.append(ref)
 
-    close_workers(Ray(), [Actor("a"), Actor("dead", dead=True), Actor("hung"), Actor("b")])
-    assert closed == ["seg", "a", "b"]  # the dead and the hung one skipped, the others all closed
+    close_workers(Ray(), [Actor("a"), Actor("dead", dead=True), Actor("hung"), Actor("b"), Actor("c")])
+    assert closed == ["seg", "a", "c"]  # the dead, the hung and the failing one skipped, the others closed

@@ -238,8 +238,9 @@ def test_tensorrt_backend_runs_a_plan(plan, cp, trt, models_meta):
         other = b.infer({k: cp.asarray(v) for k, v in _feed(2).items()}, to_host=False)["out"]
         assert other.shape == (2, 1, 16, 16) and other is not out
         # the rebuild repeats the build (its graph, precision, library, MIN and OPT) with MAX raised to the batch
-        with pytest.raises(BackendError, match=r"outside the plan's profile.*`runtime build --onnx blur.onnx --out "
-                                               r".*blur.plan --precision fp32 --builder tensorrt --batch 1:6:13`"):
+        with pytest.raises(BackendError, match=r"outside the plan's profile.*`runtime build --onnx \S*blur.onnx --out "
+                                               r"\S*blur.plan --precision fp32 --builder tensorrt --batch 1:6:13 "
+                                               r"--encoder-batch 1:6:12`"):
             b.infer(_feed(13))
     assert trt.executions == 4
 

@@ -115,9 +115,16 @@ def test_compute_capabilities_need_major_dot_minor(text):
         build_cmd.parse_compute_capabilities(text)
 
 
-def test_timing_cache_folder_must_exist(tmp_path):
-    with pytest.raises(InputError, match=r"--timing-cache .*nope/f.cache: the folder .*nope does not exist"):
-        build_cmd.parse_options(_args(timing_cache=str(tmp_path / "nope" / "f.cache")))
+def test_timing_cache_folder_must_exist_or_be_the_out_folder(fake_trt, model, tmp_path, monkeypatch):
+    with pytest.raises(InputError, match=r"--timing-cache .*nope/f.cache: its folder .*nope does not exist"):
+        eng.build_engine(model, tmp_path / "p.plan", precision="fp32", timing_cache=tmp_path / "nope" / "f.cache")
+    assert not (tmp_path / "p.plan").exists()
+    monkeypatch.chdir(tmp_path)  # relative paths, the cache in the out folder the build creates
+    eng.build_engine(model, Path("new/p.plan"), precision="fp32", timing_cache=Path("new/p.cache"))
+    assert (tmp_path / "new" / "p.cache").is_file()
+    monkeypatch.setitem(sys.modules, "tensorrt", None)
+    monkeypatch.setitem(sys.modules, "tensorrt_rtx", make_fake_trt("tensorrt_rtx", version="1.7.1.116"))
+    eng.build_engine(model, tmp_path / "r.plan", precision="fp32", timing_cache=tmp_path / "nope" / "f.cache")
 
 
 def test_cli_flags_registered():
@@ -361,6 +368,18 @@ def test_cli_result_line_and_the_rtx_timing_cache_note(monkeypatch, no_gpu, mode
     assert "runtime build:" not in capsys.readouterr().err
     assert runtime_main(["info", "--engine", str(out)]) == 0  # default targets: say which GPUs those are
     assert "runs on compute 8.0, 8.6, 8.9, 12.0 and newer (TensorRT-RTX's defaults)" in capsys.readouterr().out
+
+
+def test_rebuild_hint_repeats_both_plans_build(fake_trt, model, tmp_path, monkeypatch):
+    res = eng.build_engine(model, tmp_path / "out" / "h.plan", precision="bf16", batch=(1, 4, 8),
+                           encoder_batch=(2, 3, 5))
+    want = (f"`runtime build --onnx {model.resolve()} --out {res.field} --precision bf16 --builder tensorrt "
+            "--batch 1:4:8 --encoder-batch 2:3:5`")
+    for plan in (res.field, res.encoder):  # from either plan's record, the whole build
+        assert trtlib.rebuild_hint(plan, info=PlanInfo.read(plan)) == want
+    monkeypatch.chdir(tmp_path / "out")
+    model.rename(model.with_name("moved.onnx"))  # the source is gone: its recorded name is all there is
+    assert trtlib.rebuild_hint(res.field, info=PlanInfo.read(res.field)).startswith("`runtime build --onnx blur.onnx ")
 
 
 def test_missing_onnx_names_the_flag(fake_trt, tmp_path):
