@@ -13,6 +13,7 @@ import importlib
 import os
 import stat
 import sys
+import warnings
 
 from segflow import __version__
 from segflow.errors import SegflowError
@@ -71,6 +72,8 @@ def main(argv: list[str] | None = None) -> int:
     if not getattr(args, "_run", None):
         parser.print_help()
         return 2
+    shown = warnings.formatwarning  # a warning reads like an error line: no source file, no echoed code
+    warnings.formatwarning = lambda message, *_a, **_k: f"runtime {args.command}: warning: {message}\n"
     try:
         return int(args._run(args) or 0)
     except SegflowError as exc:
@@ -85,6 +88,8 @@ def main(argv: list[str] | None = None) -> int:
         # `runtime info --json | head`: the reader left; say nothing more on that pipe
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return 141
+    finally:
+        warnings.formatwarning = shown
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -48,7 +48,7 @@ from segflow.runtime.trtlib import (
 
 from segflow import __version__
 from segflow.card import ModelCard, card_from_onnx, resolve_engine
-from segflow.errors import BackendError, InputError, ModelCardError
+from segflow.errors import BackendError, InputError, ModelCardError, require_onnxruntime
 from segflow.imageio import default_file_mode
 
 __all__ = ["parse_batch", "parse_bytes", "profile_shapes", "build_plan", "build_engine", "BuildResult",
@@ -470,8 +470,9 @@ def sample_feeds(engine: Any, card: ModelCard, batch: int = 2, seed: int = 0) ->
     see values of the sizes the runtime produces (random features or float labels would not do).
     """
     import numpy as np
-    import onnxruntime as ort
     from segflow.runtime.backends.onnxrt import session_options
+
+    ort = require_onnxruntime()
 
     rng = np.random.default_rng(seed)
     n_labels = int(card.bridge.get("n_labels", 0)) if card.kind == "ssb" else 0
@@ -509,8 +510,9 @@ def sample_feeds(engine: Any, card: ModelCard, batch: int = 2, seed: int = 0) ->
 def _relative_error(reference: Path, converted: Path, feed: dict[str, Any]) -> float:
     """Max |converted - reference| / max |reference| over the outputs on ``feed``, ONNX Runtime CPU."""
     import numpy as np
-    import onnxruntime as ort
     from segflow.runtime.backends.onnxrt import session_options
+
+    ort = require_onnxruntime()
 
     ref, low = (ort.InferenceSession(str(p), session_options(), providers=["CPUExecutionProvider"])
                 for p in (reference, converted))

@@ -188,6 +188,8 @@ class DeviceSegmenter(Segmenter):
         return {**super().backend_info, "device_resident": self.device_resident, "array_module": self.xp.__name__,
                 "noise": self.noise if self.device_resident else "host"}
 
+    _splits_threads = False  # one group of tiles at a time, every thread in each call
+
     def _cpu_expected(self, backend: str) -> bool:
         """Never split the threads into tile workers: the device loop runs one group of tiles at a time."""
         return False

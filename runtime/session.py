@@ -21,7 +21,7 @@ from typing import Any
 import numpy as np
 from numpy.typing import NDArray
 from segflow.runtime import instances as _instances
-from segflow.runtime.backends import open_backend
+from segflow.runtime.backends import onnxrt, open_backend
 from segflow.runtime.backends.onnxrt import available_providers, physical_cores
 from segflow.runtime.blend import BLENDS, Blender
 from segflow.runtime.sampling import BridgeSampler, FlowSDFSampler, SamplerStats, SamplingSettings, batch_from_budget
@@ -163,6 +163,8 @@ class Segmenter:
     improve throughput only when one call cannot use all cores.
     """
 
+    _splits_threads = True  # on ONNX Runtime's CPU provider, threads split into tile workers
+
     def __init__(self, engine: str | Path, *, backend: str = "auto", samples: int | None = None,
                  steps: int | None = None, method: str | None = None, stride: int | None = None, seed: int = 0,
                  noise_iterations: int = 0, renoise_t: float = 0.5, blend: str = "gaussian",
@@ -211,8 +213,16 @@ class Segmenter:
         except ValueError as exc:
             raise InputError(f"invalid sampling options for {self.paths.field}: {exc}.") from exc
         total = int(threads) if threads else physical_cores()
-        workers = (min(int(tile_workers), total) if tile_workers else total) if self._cpu_expected(backend) else 1
+        cpu_workers = min(int(tile_workers), total) if tile_workers else total
+        workers = cpu_workers if self._cpu_expected(backend) else 1
         self._field, self._encoder = self._open_backends(backend, max(1, total // workers))
+        if workers == 1 < cpu_workers and backend == "auto" and self._splits_threads and self._on_cpu() \
+                and onnxrt.cuda_failure() is not None:
+            # the CUDA provider did not start (ONNX Runtime fell back to the CPU, and said why): split the
+            # threads into tile workers as a CPU run does; the reopened sessions do not try CUDA again
+            self.close()
+            workers = cpu_workers
+            self._field, self._encoder = self._open_backends("cpu", max(1, total // workers))
         self.tile_workers = workers if self._on_cpu() else 1
         self._check_graphs()
         if batch_size is None and self._on_cpu():
@@ -258,7 +268,8 @@ class Segmenter:
         """Whether the graphs will run on ONNX Runtime's CPU provider (decides the thread split before opening)."""
         if self.paths.format == "plan" or backend in ("tensorrt", "cuda"):
             return False
-        return backend == "cpu" or "CUDAExecutionProvider" not in available_providers()
+        return backend == "cpu" or "CUDAExecutionProvider" not in available_providers() or onnxrt.cuda_failure() \
+            is not None  # auto: the CUDA provider did not start earlier in this process, and is not tried again
 
     def _on_cpu(self) -> bool:
         providers = getattr(self._field, "providers", None)

@@ -26,7 +26,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from segflow.errors import ModelCardError
+from segflow.errors import ModelCardError, require_onnxruntime
 
 METADATA_KEY = "segflow.card"
 KINDS = ("flowsdf", "ssb")
@@ -199,7 +199,7 @@ def resolve_engine(path: str | Path) -> EnginePaths:
 
 def card_from_onnx(path: str | Path) -> ModelCard:
     """Read the model card from an ONNX file's metadata using onnxruntime (no ``onnx`` package needed)."""
-    import onnxruntime as ort
+    ort = require_onnxruntime()
 
     try:
         sess = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])

@@ -68,6 +68,31 @@ def require(module: str, extra: str, purpose: str):
         ) from exc
 
 
+ORT_REPAIR = ('pip uninstall -y onnxruntime onnxruntime-gpu && pip install onnxruntime` (or '
+              '`pip install "onnxruntime-gpu[cuda,cudnn]"` for NVIDIA GPUs')
+
+
+def require_onnxruntime():
+    """``onnxruntime``, or one sentence with the repair when it is missing or broken.
+
+    ``onnxruntime`` and ``onnxruntime-gpu`` install into one folder; uninstalling one of two installed side by
+    side removes files the other needs. What is left imports as an empty namespace package (no
+    ``InferenceSession``), or not at all, while pip still lists the other package.
+    """
+    import importlib
+
+    try:
+        ort = importlib.import_module("onnxruntime")
+    except ImportError as exc:
+        raise MissingDependency(f"segflow's runtime needs onnxruntime, which cannot be imported ({exc}): run "
+                                f"`{ORT_REPAIR}).") from exc
+    if getattr(ort, "__file__", None) is None or not hasattr(ort, "InferenceSession"):
+        where = ", ".join(getattr(ort, "__path__", [])) or "its folder"
+        raise MissingDependency(f"onnxruntime's files in {where} are missing (removed with another onnxruntime "
+                                f"package that shared the folder): run `{ORT_REPAIR}).")
+    return ort
+
+
 # CuPy for CUDA 13 with NVRTC and the CUDA libraries it loads, from PyPI (see require_cupy)
 CUPY_PACKAGE = '"cupy-cuda13x[ctk]"'
 

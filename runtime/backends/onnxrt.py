@@ -21,16 +21,21 @@ threads from burning CPU when segflow is embedded in a host application (costs a
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import io
 import os
+import re
+import sys
+import tempfile
 import warnings
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 from segflow.runtime.backends.base import Backend, TensorMeta
 
-from segflow.errors import BackendError, ModelCardError
+from segflow.errors import BackendError, ModelCardError, require_onnxruntime
 
 __all__ = ["OrtBackend", "physical_cores", "available_providers", "session_options", "providers_for",
            "package_clash", "onnxruntime_packages", "cuda_provider_options",
@@ -68,7 +73,7 @@ def physical_cores() -> int:
 
 def available_providers() -> list[str]:
     """Execution providers this onnxruntime build offers."""
-    import onnxruntime as ort
+    ort = require_onnxruntime()
 
     return list(ort.get_available_providers())
 
@@ -79,7 +84,7 @@ def onnxruntime_packages() -> list[str]:
     installed wins, file by file. (A package in another folder that is only shadowed on the path is not one.)"""
     from importlib.metadata import distributions
 
-    import onnxruntime as ort
+    ort = require_onnxruntime()
 
     here = Path(ort.__file__).resolve()
     names = set()
@@ -94,12 +99,12 @@ def onnxruntime_packages() -> list[str]:
 
 def _cuda_provider_files() -> bool:
     """Whether the ``onnxruntime`` folder holds a CUDA provider library (left there by a GPU build)."""
-    import onnxruntime as ort
+    ort = require_onnxruntime()
 
     return any((Path(ort.__file__).parent / "capi").glob("*onnxruntime_providers_cuda*"))
 
 
-def package_clash() -> str | None:
+def package_clash(effect: str = "hides the CUDA provider") -> str | None:
     """The fix when ``onnxruntime`` and a GPU build (``onnxruntime-gpu``) are both installed, else None.
 
     The CPU package installed after the GPU one overwrites its files, and the CUDA provider disappears;
@@ -113,7 +118,7 @@ def package_clash() -> str | None:
     if "onnxruntime" not in pkgs or not gpu:
         return None
     reinstall = '"onnxruntime-gpu[cuda,cudnn]"' if gpu[0] == "onnxruntime-gpu" else gpu[0]  # with NVIDIA's libraries
-    return (f"onnxruntime and {gpu[0]} are both installed and share one folder, which hides the CUDA provider: "
+    return (f"onnxruntime and {gpu[0]} are both installed and share one folder, which {effect}: "
             f"run `pip uninstall -y onnxruntime {gpu[0]} && pip install {reinstall}`")
 
 
@@ -125,10 +130,13 @@ def providers_for(device: str) -> list[str]:
     if device == "cpu":
         return ["CPUExecutionProvider"]
     if "CUDAExecutionProvider" in have:
+        if device == "auto" and _cuda_failure is not None:
+            return ["CPUExecutionProvider"]  # it did not start earlier in this process (said once, then)
         return ["CUDAExecutionProvider", "CPUExecutionProvider"]
     clash = package_clash()
     if device == "cuda":
-        fix = clash if clash else "install onnxruntime-gpu"
+        fix = clash if clash else ('install ONNX Runtime\'s GPU build (`pip uninstall -y onnxruntime && pip install '
+                                   '"onnxruntime-gpu[cuda,cudnn]"`)')
         raise BackendError(
             f"the CUDA execution provider is not available (this onnxruntime offers {have}): "
             f"{fix} or choose --backend cpu."
@@ -145,6 +153,65 @@ def cuda_provider_options(device_id: int = 0) -> dict[str, str]:
 
 
 _preload_failures: list[str] | None = None
+_cuda_failure: str | None = None  # why the CUDA provider did not start in this process (``auto`` then skips it)
+
+
+@contextlib.contextmanager
+def _captured_stderr() -> Iterator[io.StringIO]:
+    """Capture what native code writes to file descriptor 2 (ONNX Runtime logs a failed provider there, in
+    colour, before segflow can say the same in one sentence); the caller replays it when it is not explained."""
+    buf = io.StringIO()
+    try:
+        saved = os.dup(2)
+    except OSError:  # no stderr to redirect
+        yield buf
+        return
+    with tempfile.TemporaryFile(mode="w+b") as tmp:
+        sys.stderr.flush()
+        os.dup2(tmp.fileno(), 2)
+        try:
+            yield buf
+        finally:
+            os.dup2(saved, 2)
+            os.close(saved)
+            tmp.seek(0)
+            buf.write(tmp.read().decode(errors="replace"))
+
+
+def cuda_failure() -> str | None:
+    """Why the CUDA provider did not start for an ``auto`` session of this process (then not tried again), or
+    None."""
+    return _cuda_failure
+
+
+def _no_driver() -> bool:
+    """Linux: no NVIDIA driver (``libcuda.so.1``) can be loaded, so no CUDA provider can start."""
+    if not sys.platform.startswith("linux"):
+        return False
+    try:
+        ctypes.CDLL("libcuda.so.1")
+    except OSError:
+        return True
+    return False
+
+
+def cuda_start_problem(log: str, failures: list[str], cuda: str = "CUDA") -> tuple[str, str]:
+    """``(why, fix)`` for a CUDA provider that did not start: no driver, the package clash, the library ONNX
+    Runtime could not load (from its ``log``), the pip libraries :func:`preload_cuda_libraries` missed."""
+    if _no_driver():
+        return ("no NVIDIA driver: libcuda.so.1 cannot be loaded",
+                "run it on a machine with an NVIDIA GPU and its driver")
+    clash = package_clash("breaks its CUDA provider")
+    if clash:
+        why, fix = clash.split(": run ", 1)
+        return why, "run " + fix
+    plain = re.sub(r"\x1b\[[0-9;]*m", "", log)
+    loaded = re.search(r"with error: ([^\n]+)", plain)
+    missing = [Path(f.removeprefix("Failed to load ").split(": ")[0]).name for f in failures]
+    if loaded or missing:
+        why = loaded.group(1).strip() if loaded else f"could not load {', '.join(missing)}"
+        return why, f'install the {cuda} / cuDNN 9 libraries (`pip install "onnxruntime-gpu[cuda,cudnn]"`)'
+    return "no GPU visible, or a CUDA set-up this ONNX Runtime cannot use", "check `nvidia-smi` and the CUDA set-up"
 
 
 def preload_cuda_libraries() -> list[str]:
@@ -155,7 +222,7 @@ def preload_cuda_libraries() -> list[str]:
     """
     global _preload_failures
     if _preload_failures is None:
-        import onnxruntime as ort
+        ort = require_onnxruntime()
 
         buf = io.StringIO()
         if hasattr(ort, "preload_dlls"):  # onnxruntime >= 1.21
@@ -170,7 +237,7 @@ def preload_cuda_libraries() -> list[str]:
 
 def session_options(*, threads: int | None = None, allow_spinning: bool = False) -> Any:
     """ONNX Runtime session options tuned for throughput (see the module docstring)."""
-    import onnxruntime as ort
+    ort = require_onnxruntime()
 
     so = ort.SessionOptions()
     so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
@@ -220,7 +287,7 @@ class OrtBackend(Backend):
         self._outputs: dict[str, TensorMeta] = {}
 
     def _activate(self) -> None:
-        import onnxruntime as ort
+        ort = require_onnxruntime()
 
         if not self.path.is_file():
             raise ModelCardError(f"ONNX model {self.path} does not exist: check the --engine path.")
@@ -229,21 +296,28 @@ class OrtBackend(Backend):
         opts = session_options(threads=self.threads, allow_spinning=self.allow_spinning)
         chosen = [(p, cuda_provider_options(self._cuda_device())) if p == "CUDAExecutionProvider" else p
                   for p in providers]
-        try:
-            sess = ort.InferenceSession(str(self.path), sess_options=opts, providers=chosen)
-        except Exception as exc:  # noqa: BLE001 - ORT raises several types for corrupt files
+        cuda_wanted = "CUDAExecutionProvider" in providers
+        with _captured_stderr() if cuda_wanted else contextlib.nullcontext(io.StringIO()) as log:
+            try:
+                sess = ort.InferenceSession(str(self.path), sess_options=opts, providers=chosen)
+            except Exception as exc:  # noqa: BLE001 - ORT raises several types for corrupt files
+                sess, error = None, exc
+        if sess is None:
+            sys.stderr.write(log.getvalue())
             raise ModelCardError(
-                f"{self.path} is not a readable ONNX model ({type(exc).__name__}): re-export it.") from exc
-        if self.device == "cuda" and "CUDAExecutionProvider" not in sess.get_providers():
-            missing = [Path(f.removeprefix("Failed to load ").split(": ")[0]).name for f in failures]
-            why = (f"could not load {', '.join(missing)}" if missing else "no GPU or CUDA libraries?") + \
-                f"; available providers {available_providers()}"
+                f"{self.path} is not a readable ONNX model ({type(error).__name__}): re-export it.") from error
+        if cuda_wanted and "CUDAExecutionProvider" not in sess.get_providers():
+            global _cuda_failure
             major = str(getattr(ort, "cuda_version", "") or "").split(".")[0]  # what this build links against
-            cuda = f"CUDA {major}" if major else "CUDA"
-            fix = f"install the {cuda} / cuDNN 9 libraries (pip install onnxruntime-gpu[cuda,cudnn])" if missing \
-                else "fix the CUDA set-up"
-            raise BackendError(f"the CUDA execution provider could not start for {self.path} ({why}): {fix} or "
-                               f"choose --backend cpu.")
+            why, fix = cuda_start_problem(log.getvalue(), failures, f"CUDA {major}" if major else "CUDA")
+            if self.device == "cuda":
+                raise BackendError(f"the CUDA execution provider could not start for {self.path} ({why}): {fix} or "
+                                   "choose --backend cpu.")
+            _cuda_failure = why
+            warnings.warn(f"the CUDA execution provider could not start ({why}), so segflow runs on the CPU (to use "
+                          f"the GPU: {fix}; --backend cpu skips the attempt).", RuntimeWarning, stacklevel=3)
+        elif log.getvalue():
+            sys.stderr.write(log.getvalue())  # not a failure segflow explains: ONNX Runtime's own words
         self.session = sess
         self._inputs = _meta(sess.get_inputs())
         self._outputs = _meta(sess.get_outputs())

@@ -13,6 +13,14 @@ from fake_trt import make_fake_trt
 MODELS = Path(__file__).resolve().parents[1] / "models"
 
 
+@pytest.fixture(autouse=True)
+def _fresh_cuda_attempt(monkeypatch):
+    """Each test starts as a new process would: no CUDA-provider failure remembered from another test."""
+    from segflow.runtime.backends import onnxrt
+
+    monkeypatch.setattr(onnxrt, "_cuda_failure", None)
+
+
 @pytest.fixture(scope="session")
 def models_dir() -> Path:
     """tests/models (tiny engines: negx, const, dirac, dirac_rgb, blur)."""

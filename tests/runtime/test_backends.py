@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import os
 import re
+import sys
 import threading
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -107,15 +110,114 @@ def test_cuda_start_failure_names_the_libraries_it_could_not_load(models_dir, mo
 
     monkeypatch.setattr(ort, "preload_dlls", fake_preload, raising=False)
     monkeypatch.setattr(onnxrt, "_preload_failures", None)
+    monkeypatch.setattr(onnxrt, "_no_driver", lambda: False)  # a driver, but not NVIDIA's pip libraries
     monkeypatch.setattr(onnxrt, "available_providers", lambda: ["CUDAExecutionProvider", "CPUExecutionProvider"])
     for _ in range(2):  # this onnxruntime has no CUDA provider, so the session starts on the CPU only
-        with pytest.raises(BackendError, match=r"could not start .*could not load libcudnn\.so\.9, libcublasLt\.so\.13;"
-                           r".*pip install onnxruntime-gpu\[cuda,cudnn\]\) or choose --backend cpu\.$"):
+        with pytest.raises(BackendError, match=r"could not start .*\(could not load libcudnn\.so\.9, "
+                           r"libcublasLt\.so\.13\): install the CUDA.* / cuDNN 9 libraries \(`pip install "
+                           r"\"onnxruntime-gpu\[cuda,cudnn\]\"`\) or choose --backend cpu\.$"):
             OrtBackend(models_dir / "negx.onnx", device="cuda").activate()
     assert calls == [1]  # once per process
     with OrtBackend(models_dir / "negx.onnx", device="cpu") as b:  # CPU sessions never preload
         assert b.describe()["name"] == "onnxruntime"
     assert calls == [1]
+
+
+def _cuda_listed_but_not_starting(monkeypatch, log_line=""):
+    """ONNX Runtime lists the CUDA provider, but sessions start on the CPU only, after logging ``log_line`` to
+    file descriptor 2 as the native library does."""
+    import onnxruntime as ort
+    from segflow.runtime.backends import onnxrt
+
+    real, attempts = ort.InferenceSession, []
+
+    def session(path, sess_options=None, providers=None):
+        attempts.append([p if isinstance(p, str) else p[0] for p in providers])
+        if log_line and "CUDAExecutionProvider" in attempts[-1]:
+            os.write(2, log_line.encode())
+        return real(path, sess_options=sess_options, providers=["CPUExecutionProvider"])
+
+    monkeypatch.setattr(ort, "InferenceSession", session)
+    monkeypatch.setattr(onnxrt, "available_providers", lambda: ["CUDAExecutionProvider", "CPUExecutionProvider"])
+    monkeypatch.setattr(onnxrt, "preload_cuda_libraries", lambda: [])
+    return onnxrt, attempts
+
+
+ORT_LOG = ("\x1b[1;31m2026-11-25 02:08:57 [E:onnxruntime:Default, provider_bridge_ort.cc:2359] Failed to load library "
+           "/x/libonnxruntime_providers_cuda.so with error: libcublasLt.so.12: cannot open shared object file: No "
+           "such file or directory\x1b[m\n")
+
+
+def test_no_driver_is_named_and_onnx_runtimes_own_log_is_held_back(models_dir, monkeypatch, capfd):
+    onnxrt, _ = _cuda_listed_but_not_starting(monkeypatch, ORT_LOG)
+    monkeypatch.setattr(onnxrt, "_no_driver", lambda: True)
+    with pytest.raises(BackendError, match=r"could not start for .*negx.onnx \(no NVIDIA driver: libcuda.so.1 cannot "
+                                           r"be loaded\): run it on a machine with an NVIDIA GPU and its driver or "
+                                           r"choose --backend cpu\.$"):
+        OrtBackend(models_dir / "negx.onnx", device="cuda").activate()
+    assert "onnxruntime" not in capfd.readouterr().err  # one sentence, not ONNX Runtime's coloured lines too
+    monkeypatch.setattr(onnxrt, "_no_driver", lambda: False)
+    with pytest.raises(BackendError, match=r"\(libcublasLt.so.12: cannot open shared object file: No such file or "
+                                           r"directory\): install the CUDA"):  # ONNX Runtime's reason, in one line
+        OrtBackend(models_dir / "negx.onnx", device="cuda").activate()
+
+
+def test_auto_warns_once_and_stops_trying_cuda(models_dir, monkeypatch, capfd):
+    onnxrt, attempts = _cuda_listed_but_not_starting(monkeypatch, ORT_LOG)
+    monkeypatch.setattr(onnxrt, "_no_driver", lambda: True)
+    with pytest.warns(RuntimeWarning, match=r"^the CUDA execution provider could not start \(no NVIDIA driver"
+                                            r".*\), so segflow runs on the CPU \(to use the GPU: .*; --backend "
+                                            r"cpu skips the attempt\)\.$"):
+        with OrtBackend(models_dir / "negx.onnx", device="auto") as b:
+            assert b.providers == ["CPUExecutionProvider"]
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # the second session (an encoder, another Segmenter): no second warning
+        with OrtBackend(models_dir / "negx.onnx", device="auto") as b:
+            assert b.providers == ["CPUExecutionProvider"]
+    assert attempts == [["CUDAExecutionProvider", "CPUExecutionProvider"], ["CPUExecutionProvider"]]
+    assert "onnxruntime" not in capfd.readouterr().err
+
+
+@pytest.mark.filterwarnings("ignore:the CUDA execution provider could not start")
+@pytest.mark.parametrize("tile_workers,want", [(None, 2), (1, 1)])
+def test_auto_falling_back_to_the_cpu_splits_threads_as_a_cpu_run(models_dir, monkeypatch, tile_workers, want):
+    from segflow.runtime import session
+    from segflow.runtime.session import Segmenter
+
+    onnxrt, attempts = _cuda_listed_but_not_starting(monkeypatch)
+    monkeypatch.setattr(onnxrt, "_no_driver", lambda: True)
+    monkeypatch.setattr(session, "available_providers", onnxrt.available_providers)
+    with Segmenter(models_dir / "blur.onnx", backend="auto", threads=2, tile_workers=tile_workers) as seg:
+        assert (seg.tile_workers, seg.backend_info["threads"]) == (want, 2 // want)
+        assert seg.backend_info["providers"] == ["CPUExecutionProvider"]
+    assert [a for a in attempts if "CUDAExecutionProvider" in a] == [["CUDAExecutionProvider",
+                                                                       "CPUExecutionProvider"]]  # tried once
+
+
+def test_onnx_runtimes_log_is_passed_on_when_cuda_starts(models_dir, monkeypatch, capfd):
+    """Whatever ONNX Runtime says while a CUDA session starts fine is not swallowed."""
+    import onnxruntime as ort
+    from segflow.runtime.backends import onnxrt
+
+    real = ort.InferenceSession
+
+    class Started:
+        def __init__(self, path, sess_options=None, providers=None):
+            os.write(2, b"[W:onnxruntime] some nodes were not assigned to the preferred execution providers\n")
+            self._s = real(path, sess_options=sess_options, providers=["CPUExecutionProvider"])
+
+        def get_providers(self):
+            return ["CUDAExecutionProvider", "CPUExecutionProvider"]
+
+        def __getattr__(self, name):
+            return getattr(self._s, name)
+
+    monkeypatch.setattr(ort, "InferenceSession", Started)
+    monkeypatch.setattr(onnxrt, "available_providers", lambda: ["CUDAExecutionProvider", "CPUExecutionProvider"])
+    monkeypatch.setattr(onnxrt, "preload_cuda_libraries", lambda: [])
+    with OrtBackend(models_dir / "negx.onnx", device="cuda") as b:
+        assert b.providers[0] == "CUDAExecutionProvider"
+    assert "some nodes were not assigned" in capfd.readouterr().err
 
 
 def test_threads_and_cores(models_dir):
@@ -155,6 +257,7 @@ def test_concurrent_infer_is_safe(models_dir, models_meta):
 
 
 @pytest.mark.filterwarnings("ignore:Specified provider 'CUDAExecutionProvider'")
+@pytest.mark.filterwarnings("ignore:the CUDA execution provider could not start")
 def test_cuda_provider_gets_its_options(models_dir, monkeypatch):
     """The CUDA provider is started with its device, an arena grown by what is asked, and TF32 off."""
     import onnxruntime as ort
@@ -225,8 +328,38 @@ def test_cpu_and_gpu_packages_side_by_side_are_named_with_the_cure(models_dir, m
     monkeypatch.setattr(onnxrt, "onnxruntime_packages", lambda: ["onnxruntime", "onnxruntime-directml"])
     assert onnxrt.package_clash().endswith("&& pip install onnxruntime-directml`")  # no NVIDIA extras there
     monkeypatch.setattr(onnxrt, "onnxruntime_packages", lambda: ["onnxruntime"])  # a plain CPU install
-    with pytest.raises(BackendError, match=r"offers .*: install onnxruntime-gpu or choose --backend cpu\.$"):
+    with pytest.raises(BackendError, match=r"offers .*: install ONNX Runtime's GPU build \(`pip uninstall -y "
+                                           r"onnxruntime && pip install \"onnxruntime-gpu\[cuda,cudnn\]\"`\) or "
+                                           r"choose --backend cpu\.$"):
         OrtBackend(models_dir / "negx.onnx", device="cuda").activate()
     monkeypatch.setattr(onnxrt, "onnxruntime_packages", lambda: ["onnxruntime", "onnxruntime-gpu"])
     monkeypatch.setattr(onnxrt, "_cuda_provider_files", lambda: False)  # no GPU build's files: no clash
     assert onnxrt.package_clash() is None
+
+
+@pytest.mark.parametrize("state", ["half-removed", "gone"])
+def test_a_broken_onnxruntime_is_one_sentence_for_every_command(models_dir, tmp_path, monkeypatch, capsys, state):
+    """Uninstalling one of onnxruntime / onnxruntime-gpu installed side by side leaves an empty namespace
+    package (only capi/*.so), or nothing while pip still lists the other: every command says how to repair it."""
+    import types
+
+    from segflow.runtime.cli import main as runtime_main
+
+    if state == "half-removed":
+        empty = types.ModuleType("onnxruntime")
+        empty.__path__ = [str(tmp_path / "site-packages" / "onnxruntime")]  # a namespace package: no __file__
+        monkeypatch.setitem(sys.modules, "onnxruntime", empty)
+    else:
+        monkeypatch.setitem(sys.modules, "onnxruntime", None)
+    img = tmp_path / "img.tif"
+    import tifffile
+
+    tifffile.imwrite(img, np.zeros((20, 20), np.uint8))
+    for argv in (["segment", "--engine", str(models_dir / "blur.onnx"), str(img), "--out", str(tmp_path / "o"),
+                  "--backend", "cpu", "-q"], ["info", "--engine", str(models_dir / "blur.onnx")]):
+        assert runtime_main(argv) == 2
+        err = capsys.readouterr().err.strip()
+        assert len(err.splitlines()) == 1 and "pip uninstall -y onnxruntime onnxruntime-gpu && pip install " \
+            "onnxruntime` (or `pip install \"onnxruntime-gpu[cuda,cudnn]\"` for NVIDIA GPUs)." in err, err
+        assert ("files in" in err and "are missing" in err) if state == "half-removed" else "cannot be imported" in err
+    assert not (tmp_path / "o").exists()

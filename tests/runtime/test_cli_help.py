@@ -82,3 +82,15 @@ def test_a_closed_pipe_ends_quietly():
         out = subprocess.run([sys.executable, "-c", code], stdout=devnull, stderr=subprocess.PIPE, text=True,
                              timeout=120)
     assert out.returncode == 1 and "BrokenPipeError" in out.stderr
+
+
+def test_warnings_read_like_error_lines():
+    """A warning from the runtime is one line naming the command, not a Python source location."""
+    import subprocess
+    import sys
+
+    code = ("import sys, warnings\nfrom segflow.runtime import cli\nfrom segflow.runtime.commands import info\n"
+            "def run(args):\n    warnings.warn('the CUDA provider could not start', RuntimeWarning)\n    return 0\n"
+            "info.run = run\nsys.exit(cli.main(['info', '--engine', 'x.onnx']))\n")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0 and out.stderr == "runtime info: warning: the CUDA provider could not start\n"

@@ -665,6 +665,7 @@ def test_shipped_model_as_a_plan_with_cuda_graphs_matches_cpu(cp, trt, tmp_path)
 
 
 @pytest.mark.filterwarnings("ignore:Specified provider 'CUDAExecutionProvider'")
+@pytest.mark.filterwarnings("ignore:the CUDA execution provider could not start")  # CUDA listed, no GPU here
 def test_cupy_that_cannot_compile_kernels(blur_copy, plan, monkeypatch):
     """CuPy sees the GPU but cannot load NVRTC (plain cupy-cuda13x, no CUDA toolkit): a TensorRT plan stops
     before any work with the install command; ``auto`` on an .onnx model warns and samples on the host."""
