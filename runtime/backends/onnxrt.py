@@ -178,6 +178,10 @@ def _captured_stderr() -> Iterator[io.StringIO]:
             buf.write(tmp.read().decode(errors="replace"))
 
 
+# ONNX Runtime's lines about a provider that did not start (what segflow's sentence replaces)
+_PROVIDER_LOG = re.compile(r"\[[EW]:onnxruntime|Failed to (load|create)|ExecutionProvider|cuDNN|CUDA \d")
+
+
 def cuda_failure() -> str | None:
     """Why the CUDA provider did not start for an ``auto`` session of this process (then not tried again), or
     None."""
@@ -310,6 +314,8 @@ class OrtBackend(Backend):
             global _cuda_failure
             major = str(getattr(ort, "cuda_version", "") or "").split(".")[0]  # what this build links against
             why, fix = cuda_start_problem(log.getvalue(), failures, f"CUDA {major}" if major else "CUDA")
+            sys.stderr.write("".join(line for line in log.getvalue().splitlines(keepends=True)
+                                     if not _PROVIDER_LOG.search(line)))  # others' output in the meantime
             if self.device == "cuda":
                 raise BackendError(f"the CUDA execution provider could not start for {self.path} ({why}): {fix} or "
                                    "choose --backend cpu.")
