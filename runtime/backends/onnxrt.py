@@ -179,6 +179,7 @@ def _captured_stderr() -> Iterator[io.StringIO]:
 
 
 # ONNX Runtime's lines about a provider that did not start (what segflow's sentence replaces)
+_ANSI = re.compile(r"\x1b\[[0-9;]*m")
 _PROVIDER_LOG = re.compile(r"\[[EW]:onnxruntime|Failed to (load|create)|ExecutionProvider|cuDNN|CUDA \d")
 
 
@@ -209,7 +210,7 @@ def cuda_start_problem(log: str, failures: list[str], cuda: str = "CUDA") -> tup
     if clash:
         why, fix = clash.split(": run ", 1)
         return why, "run " + fix
-    plain = re.sub(r"\x1b\[[0-9;]*m", "", log)
+    plain = _ANSI.sub("", log)
     loaded = re.search(r"with error: ([^\n]+)", plain)
     missing = [Path(f.removeprefix("Failed to load ").split(": ")[0]).name for f in failures]
     if loaded or missing:
@@ -314,8 +315,8 @@ class OrtBackend(Backend):
             global _cuda_failure
             major = str(getattr(ort, "cuda_version", "") or "").split(".")[0]  # what this build links against
             why, fix = cuda_start_problem(log.getvalue(), failures, f"CUDA {major}" if major else "CUDA")
-            sys.stderr.write("".join(line for line in log.getvalue().splitlines(keepends=True)
-                                     if not _PROVIDER_LOG.search(line)))  # others' output in the meantime
+            sys.stderr.write("".join(line for line in log.getvalue().splitlines(keepends=True)  # others' output
+                                     if not _PROVIDER_LOG.search(line) and _ANSI.sub("", line).strip()))
             if self.device == "cuda":
                 raise BackendError(f"the CUDA execution provider could not start for {self.path} ({why}): {fix} or "
                                    "choose --backend cpu.")

@@ -145,7 +145,7 @@ def _cuda_listed_but_not_starting(monkeypatch, log_line=""):
 
 ORT_LOG = ("\x1b[1;31m2026-11-25 02:08:57 [E:onnxruntime:Default, provider_bridge_ort.cc:2359] Failed to load library "
            "/x/libonnxruntime_providers_cuda.so with error: libcublasLt.so.12: cannot open shared object file: No "
-           "such file or directory\x1b[m\n\x1b[0;93m2026-11-25 02:08:57 [W:onnxruntime:Default, onnxruntime_pybind_"
+           "such file or directory\n\x1b[m\n\x1b[0;93m2026-11-25 02:08:57 [W:onnxruntime:Default, onnxruntime_pybind_"
            "state.cc:992 CreateExecutionProviderFactoryInstance] Failed to create CUDAExecutionProvider. Require cuDNN "
            "9.* and CUDA 12.*.\x1b[m\nanother thread's line\n")
 
