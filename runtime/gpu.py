@@ -287,7 +287,7 @@ def open_segmenter(engine: str | Path, *, backend: str = "auto", cuda_graph: boo
     ``cuda_graph`` (TensorRT plans only) captures each engine call signature into a CUDA graph; ``noise`` is
     the :class:`DeviceFlowSDFSampler` noise mode. Other keyword arguments are the Segmenter's.
     """
-    from segflow.runtime.backends.onnxrt import available_providers
+    from segflow.runtime.backends.onnxrt import CudaProviderError, available_providers, fall_back_to_cpu
 
     paths = resolve_engine(engine)
     if backend == "tensorrt" and paths.format != "plan":
@@ -310,8 +310,11 @@ def open_segmenter(engine: str | Path, *, backend: str = "auto", cuda_graph: boo
         if xp is not None:
             try:
                 return DeviceSegmenter(engine, xp=xp, noise=noise, backend="cuda", **kwargs)
-            except BackendError:
+            except BackendError as exc:
                 if backend == "cuda":
                     raise
-                return Segmenter(engine, backend="cpu", **kwargs)  # the CUDA provider just failed to start
+                # the CUDA provider just failed to start: say why, once, and run on the CPU
+                why, fix = (exc.why, exc.fix) if isinstance(exc, CudaProviderError) else (str(exc).rstrip("."), None)
+                fall_back_to_cpu(why, fix)
+                return Segmenter(engine, backend="cpu", **kwargs)
     return Segmenter(engine, backend=backend, **kwargs)

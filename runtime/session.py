@@ -255,14 +255,25 @@ class Segmenter:
         if cap < 1:
             self.close()
             raise InputError(f"engine {self.paths.field} accepts no batch of one: rebuild it with "
-                             "`runtime build --batch 1:16:64`.")
+                             f"{self._rebuild_hint(1)}.")
         if settings.batch <= cap:
             return settings
         if explicit:
             self.close()
             raise InputError(f"--batch-size {settings.batch} exceeds the largest batch engine {self.paths.field} "
-                             f"was built for ({cap}): lower it or rebuild with a larger `runtime build --batch`.")
+                             f"was built for ({cap}): lower it or rebuild with {self._rebuild_hint(settings.batch)}.")
         return replace(settings, batch=cap)
+
+    def _rebuild_hint(self, largest: int) -> str:
+        """The ``runtime build`` command for plans whose field calls take up to ``largest`` samples."""
+        from segflow.runtime.trtlib import plan_batch, rebuild_hint
+
+        info = getattr(self._field, "info", None)
+        built = plan_batch(info) if info is not None else None
+        if built is None:
+            return f"`runtime build --onnx NAME.onnx --out {self.paths.field} --batch 1:{min(16, largest)}:{largest}`"
+        lo = min(built[0], largest)
+        return rebuild_hint(self.paths.field, info=info, batch=(lo, max(lo, min(built[1], largest)), largest))
 
     def _cpu_expected(self, backend: str) -> bool:
         """Whether the graphs will run on ONNX Runtime's CPU provider (decides the thread split before opening)."""

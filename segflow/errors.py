@@ -41,7 +41,7 @@ class SolverTimeout(SegflowError):
 
 
 class MissingDependency(SegflowError):
-    """An optional dependency is not installed; the message says which extra installs it."""
+    """An optional dependency is missing or broken; the message names the pip command that installs it."""
 
 
 def require(module: str, extra: str, purpose: str):

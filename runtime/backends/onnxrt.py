@@ -39,7 +39,7 @@ from segflow.errors import BackendError, ModelCardError, require_onnxruntime
 
 __all__ = ["OrtBackend", "physical_cores", "available_providers", "session_options", "providers_for",
            "package_clash", "onnxruntime_packages", "cuda_provider_options",
-           "preload_cuda_libraries"]
+           "preload_cuda_libraries", "CudaProviderError", "cuda_failure", "fall_back_to_cpu"]
 
 _ORT_DTYPES = {
     "tensor(float)": np.float32,
@@ -183,6 +183,25 @@ _ANSI = re.compile(r"\x1b\[[0-9;]*m")
 _PROVIDER_LOG = re.compile(r"\[[EW]:onnxruntime|Failed to (load|create)|ExecutionProvider|cuDNN|CUDA \d")
 
 
+class CudaProviderError(BackendError):
+    """The CUDA execution provider did not start: ``why`` and ``fix`` (the message says both)."""
+
+    def __init__(self, message: str, why: str, fix: str) -> None:
+        super().__init__(message)
+        self.why, self.fix = why, fix
+
+
+def fall_back_to_cpu(why: str, fix: str | None = None) -> None:
+    """``auto``: remember that CUDA did not start in this process (not tried again) and say so, once."""
+    global _cuda_failure
+    if _cuda_failure is None:
+        advice = f"to use the GPU: {fix}; --backend cpu skips the attempt" if fix else \
+            "--backend cpu skips the attempt"
+        warnings.warn(f"the CUDA execution provider could not start ({why}), so segflow runs on the CPU "
+                      f"({advice}).", RuntimeWarning, stacklevel=4)
+    _cuda_failure = why
+
+
 def cuda_failure() -> str | None:
     """Why the CUDA provider did not start for an ``auto`` session of this process (then not tried again), or
     None."""
@@ -312,17 +331,14 @@ class OrtBackend(Backend):
             raise ModelCardError(
                 f"{self.path} is not a readable ONNX model ({type(error).__name__}): re-export it.") from error
         if cuda_wanted and "CUDAExecutionProvider" not in sess.get_providers():
-            global _cuda_failure
             major = str(getattr(ort, "cuda_version", "") or "").split(".")[0]  # what this build links against
             why, fix = cuda_start_problem(log.getvalue(), failures, f"CUDA {major}" if major else "CUDA")
             sys.stderr.write("".join(line for line in log.getvalue().splitlines(keepends=True)  # others' output
                                      if not _PROVIDER_LOG.search(line) and _ANSI.sub("", line).strip()))
             if self.device == "cuda":
-                raise BackendError(f"the CUDA execution provider could not start for {self.path} ({why}): {fix} or "
-                                   "choose --backend cpu.")
-            _cuda_failure = why
-            warnings.warn(f"the CUDA execution provider could not start ({why}), so segflow runs on the CPU (to use "
-                          f"the GPU: {fix}; --backend cpu skips the attempt).", RuntimeWarning, stacklevel=3)
+                raise CudaProviderError(f"the CUDA execution provider could not start for {self.path} ({why}): "
+                                        f"{fix} or choose --backend cpu.", why, fix)
+            fall_back_to_cpu(why, fix)
         elif log.getvalue():
             sys.stderr.write(log.getvalue())  # not a failure segflow explains: ONNX Runtime's own words
         self.session = sess

@@ -13,13 +13,13 @@ HELP = ("build TensorRT/TensorRT-RTX plans (NAME.plan, NAME.encoder.plan, NAME.c
         "model, or an fp16 ONNX pair for ONNX Runtime")
 DESCRIPTION = """\
 Build TensorRT (data-centre GPUs) or TensorRT-RTX (RTX workstation GPUs) plans from NAME.onnx and
-NAME.encoder.onnx. Full TensorRT plans run only on the GPU model and TensorRT version that built them: build
-on the target machine. TensorRT-RTX builds need no GPU and run on the compute capabilities they target. The
+NAME.encoder.onnx. Full TensorRT plans run only on the compute capability and TensorRT version that built
+them: build on the target machine. TensorRT-RTX builds need no GPU and run on the compute capabilities they target. The
 network is strongly typed; --precision fp16/bf16 first converts the ONNX (segflow's cast pass, keeping norms,
 reductions and softmax in fp32; or --conversion modelopt). TensorRT's own log goes to stderr.
 
   runtime build --onnx models/flowsdf-small-monuseg.onnx --out flowsdf.plan --precision fp16 --batch 1:16:64 \\
-                --workspace 4G --timing-cache flowsdf.cache
+                --workspace 4G   # full TensorRT: add --timing-cache flowsdf.cache
   runtime segment --engine flowsdf.plan slide.tif --out results/
 
 Where no TensorRT library can be installed (e.g. a GPU TensorRT-RTX does not support), an --out ending in
@@ -44,7 +44,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--workspace", default=None,
                    help=f"workspace memory limit, e.g. 4G or 512M (default: {_DEFAULTS['workspace']})")
     p.add_argument("--timing-cache", default=None, metavar="FILE",
-                   help="timing cache to reuse and update (full TensorRT; kept per TensorRT version and GPU)")
+                   help="timing cache to reuse and update (full TensorRT; reused only when written by the same "
+                        "TensorRT version and GPU, else rewritten)")
     p.add_argument("--builder", default=None, choices=("auto", "tensorrt", "tensorrt_rtx"),
                    help="library to build with (default: whichever is installed, full TensorRT first)")
     p.add_argument("--conversion", default="segflow", choices=("segflow", "modelopt", "auto"),

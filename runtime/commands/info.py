@@ -88,7 +88,8 @@ def run(args: argparse.Namespace) -> int:
             if not targets and b["library"] == "tensorrt_rtx":
                 from segflow.runtime.trtlib import RTX_DEFAULT_TARGETS
 
-                targets = f", runs on compute {', '.join(RTX_DEFAULT_TARGETS)} and newer (TensorRT-RTX's defaults)"
+                targets = f", runs on compute {', '.join(RTX_DEFAULT_TARGETS)} and above {RTX_DEFAULT_TARGETS[-1]} " \
+                    "(TensorRT-RTX's defaults)"
             print(f"  built with {b['library']} {b['trt_version']}, {b['precision']}, on {gpu}{targets}, "
                   f"from {b['onnx']}")
             for name, (lo, opt, hi) in sorted(b["profiles"].items()):

@@ -521,11 +521,24 @@ def test_open_segmenter_falls_back_to_the_cpu_once_when_cuda_cannot_start(blur_c
     real = onnxrt.providers_for
     monkeypatch.setattr(onnxrt, "available_providers", lambda: ["CUDAExecutionProvider", "CPUExecutionProvider"])
     monkeypatch.setattr(onnxrt, "providers_for", lambda device: asked.append(device) or real(device))
-    with gpu.open_segmenter(blur_copy, threads=1, **KW) as seg:  # this onnxruntime cannot start CUDA
-        assert type(seg) is Segmenter and seg.backend_info["providers"] == ["CPUExecutionProvider"]
+    monkeypatch.setattr(onnxrt, "_no_driver", lambda: True)
+    with pytest.warns(RuntimeWarning, match=r"^the CUDA execution provider could not start \(no NVIDIA driver: "
+                                            r"libcuda.so.1 cannot be loaded\), so segflow runs on the CPU"):
+        with gpu.open_segmenter(blur_copy, threads=1, **KW) as seg:  # this onnxruntime cannot start CUDA
+            assert type(seg) is Segmenter and seg.backend_info["providers"] == ["CPUExecutionProvider"]
     assert asked == ["cuda", "cpu", "cpu"]  # one failed CUDA start, then the field and encoder on the CPU
+    assert onnxrt.cuda_failure() is not None  # and later auto sessions in this process go straight to the CPU
     with pytest.raises(BackendError, match="could not start"):
         gpu.open_segmenter(blur_copy, backend="cuda", threads=1, **KW)
+
+
+def test_a_batch_size_beyond_the_plans_profile_names_the_rebuild(plan, cp, trt):
+    from segflow.runtime import gpu
+
+    with pytest.raises(InputError, match=r"--batch-size 13 exceeds the largest batch engine .*\(12\): lower it or "
+                                         r"rebuild with `runtime build --onnx \S*blur.onnx --out \S*blur.plan "
+                                         r"--precision fp32 --builder tensorrt --batch 1:6:13 --encoder-batch 1:6:12`"):
+        gpu.open_segmenter(plan, threads=1, **{**KW, "batch_size": 13})
 
 
 def test_segment_cli_on_a_plan_matches_cpu(plan, blur_copy, cp, trt, tmp_path, capsys):

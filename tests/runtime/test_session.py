@@ -264,7 +264,8 @@ def test_batch_is_capped_at_an_engine_s_largest_batch(models_dir, monkeypatch):
         got = seg(img)
     assert seen and max(seen) == 4  # field calls of 2 tiles x K=2 fill the cap
     np.testing.assert_array_equal(got.mean_sdf, want.mean_sdf)
-    with pytest.raises(InputError, match="exceeds the largest batch"):
+    with pytest.raises(InputError, match=r"exceeds the largest batch .*\(4\): lower it or rebuild with `runtime "
+                                         r"build --onnx NAME.onnx --out .*dirac.onnx --batch 1:8:8`\.$"):
         Segmenter(models_dir / "dirac.onnx", samples=2, steps=2, threads=1, batch_size=8)
 
 

@@ -367,7 +367,7 @@ def test_cli_result_line_and_the_rtx_timing_cache_note(monkeypatch, no_gpu, mode
     assert runtime_main(["build", "--onnx", str(model), "--out", str(out), "--precision", "fp32", "-q"]) == 0
     assert "runtime build:" not in capsys.readouterr().err
     assert runtime_main(["info", "--engine", str(out)]) == 0  # default targets: say which GPUs those are
-    assert "runs on compute 8.0, 8.6, 8.9, 12.0 and newer (TensorRT-RTX's defaults)" in capsys.readouterr().out
+    assert "runs on compute 8.0, 8.6, 8.9, 12.0 and above 12.0 (TensorRT-RTX's defaults)" in capsys.readouterr().out
 
 
 def test_rebuild_hint_repeats_both_plans_build(fake_trt, model, tmp_path, monkeypatch):
