@@ -20,6 +20,7 @@ otherwise the host :class:`~segflow.runtime.session.Segmenter`.
 
 from __future__ import annotations
 
+import threading
 import time
 import warnings
 from pathlib import Path
@@ -87,6 +88,10 @@ class DeviceFlowSDFSampler(FlowSDFSampler):
             raise ValueError(f"noise must be one of {NOISE_MODES}, got {noise!r}")
         self.xp = xp if xp is not None else require_cupy("device-resident sampling")
         self.noise = noise
+        # the backends hand back output buffers they reuse per shape (copy what you keep): a call and the copies
+        # it takes must not interleave with another thread's call, so device sampling runs one call at a time
+        # (on one GPU they would take turns on the backend's stream anyway)
+        self._lock = threading.Lock()
 
     def _noise(self, rng: Any, seed: int, indices: list[int], chunk: list[tuple[int, int]], size: int, it: int
                ) -> Any:
@@ -108,7 +113,14 @@ class DeviceFlowSDFSampler(FlowSDFSampler):
 
     def sample_device(self, images: NDArray[np.float32], indices: list[int], stats: SamplerStats | None = None,
                       *, seed: int | None = None) -> Any:
-        """Samples (n, K, T, T) in ``xp`` for normalised tiles ``images`` (n, C, T, T) with plan ``indices``."""
+        """Samples (n, K, T, T) in ``xp`` for normalised tiles ``images`` (n, C, T, T) with plan ``indices``.
+
+        Thread-safe: calls from several threads run one at a time (see ``__init__``)."""
+        with self._lock:
+            return self._sample_device(images, indices, stats, seed=seed)
+
+    def _sample_device(self, images: NDArray[np.float32], indices: list[int], stats: SamplerStats | None = None,
+                       *, seed: int | None = None) -> Any:
         xp, s = self.xp, self.settings
         seed = s.seed if seed is None else int(seed)
         stats = stats if stats is not None else SamplerStats()

@@ -103,25 +103,34 @@ def _stderr_logger(trt: ModuleType, min_severity: Any) -> Any:
 
 @contextlib.contextmanager
 def deferred_interrupt() -> Iterator[None]:
-    """Hold a Ctrl-C until the block has finished, then raise it.
+    """Hold a Ctrl-C until the block has finished, then hand it to the SIGINT handler that was installed
+    (Python's default raises ``KeyboardInterrupt``; an application's own handler gets the call).
 
     Around TensorRT calls that log through a Python logger: TensorRT calls ``log`` for every message (filtered
     ones too), so a ``KeyboardInterrupt`` would surface inside ``log``, where the bindings catch it, print
     "Exception caught in log()" and carry on; the build would finish and be published. Also around steps that
     must not stop halfway (moving a build's files into place). Only in the main thread (where Python runs
-    signal handlers); elsewhere the block runs as it is.
+    signal handlers) and while Python owns SIGINT; elsewhere, when SIGINT is ignored, or when a host application
+    embedding Python installed its handler outside Python (``getsignal`` is None), the block runs as it is.
     """
     if threading.current_thread() is not threading.main_thread():
         yield
         return
+    previous = signal.getsignal(signal.SIGINT)
+    if previous is None or previous == signal.SIG_IGN:  # set outside Python (cannot be restored), or ignored
+        yield
+        return
     caught: list[int] = []
-    previous = signal.signal(signal.SIGINT, lambda signum, _frame: caught.append(signum))
+    signal.signal(signal.SIGINT, lambda signum, _frame: caught.append(signum))
     try:
         yield
     finally:
         signal.signal(signal.SIGINT, previous)
-    if caught:
-        raise KeyboardInterrupt
+    if caught:  # what would have happened, now: the application's handler, or the default
+        if callable(previous):
+            previous(signal.SIGINT, None)  # Python's default handler raises KeyboardInterrupt
+        else:
+            signal.raise_signal(signal.SIGINT)  # SIG_DFL: the process ends as it would have
 
 
 def use_trt_logger(trt: ModuleType, logger: Any) -> None:

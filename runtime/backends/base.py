@@ -18,6 +18,7 @@ call — copy what you keep.
 from __future__ import annotations
 
 import abc
+import contextlib
 import threading
 import time
 from dataclasses import dataclass
@@ -123,10 +124,12 @@ class Backend(abc.ABC):
         return self
 
     def deactivate(self) -> None:
-        """Release the native session (idempotent)."""
-        if self.is_active:
-            self._deactivate()
-            self.is_active = False
+        """Release the native session (idempotent). Waits for a call in progress on a backend that serialises its
+        calls; calls that come later raise :class:`BackendError`."""
+        with contextlib.nullcontext() if self.thread_safe else self._run_lock:
+            if self.is_active:
+                self.is_active = False
+                self._deactivate()
 
     close = deactivate
 
@@ -135,6 +138,10 @@ class Backend(abc.ABC):
 
     def __exit__(self, *exc: object) -> None:
         self.deactivate()
+
+    def _not_open(self) -> BackendError:
+        return BackendError(f"{self.name} backend for {self.source} is not open (closed, or never activated): use a "
+                            f"new Segmenter, or the backend inside `with`.")
 
     def infer(self, feed: dict[str, Any], *, to_host: bool = True, check: bool = True) -> dict[str, Any]:
         """Run the graph on ``feed`` (name -> array) and return its outputs by name.
@@ -149,7 +156,7 @@ class Backend(abc.ABC):
             Validate the feed against :meth:`input_metadata` (cheap; turn off only in measured hot loops).
         """
         if not self.is_active:
-            raise BackendError(f"{self.name} backend for {self.source} is not active: use it inside `with`.")
+            raise self._not_open()
         if check:
             check_feed(feed, self.input_metadata(), source=str(self.source))
         t0 = time.perf_counter()
@@ -157,6 +164,8 @@ class Backend(abc.ABC):
             out = self._infer(feed, to_host)
         else:
             with self._run_lock:
+                if not self.is_active:  # closed by another thread while this call waited for the lock
+                    raise self._not_open()
                 out = self._infer(feed, to_host)
         dt = time.perf_counter() - t0
         with self._stats_lock:

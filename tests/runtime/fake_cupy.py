@@ -29,6 +29,7 @@ import bisect
 import ctypes
 import importlib.machinery
 import itertools
+import threading
 import traceback
 import types
 from pathlib import Path
@@ -56,6 +57,25 @@ _PRODUCT = [_ROOT / d for d in ("runtime", "segflow", "solvers", "export", "trai
 
 _NO_IMPLICIT = ("Implicit conversion to a NumPy array is not allowed. Please use `.get()` to construct a NumPy "
                 "array explicitly.")
+
+
+class _ThreadStack(threading.local):
+    """A stack kept per thread (CuPy's current stream is thread-local)."""
+
+    def __init__(self) -> None:
+        self.items: list[Any] = []
+
+    def append(self, x: Any) -> None:
+        self.items.append(x)
+
+    def pop(self) -> Any:
+        return self.items.pop()
+
+    def __bool__(self) -> bool:
+        return bool(self.items)
+
+    def __getitem__(self, i: int) -> Any:
+        return self.items[i]
 
 
 ALIGN = 512  # CuPy's memory pool hands out blocks rounded to 512 bytes, carved from cudaMalloc'd memory
@@ -88,22 +108,25 @@ def make_fake_cupy(gpu_name: str = "Fake GPU 9.0", compute_capability: tuple[int
     host: dict[int, int] = {}  # how far the host has waited on each stream
     starts: list[int] = []  # sorted starts of the tracked ranges
     ranges: dict[int, list] = {}  # start -> [end, last write (stream, tick) or None, reads since [(stream, tick)]]
-    executing: list[Any] = []  # the stream a library call or graph launch runs on
+    executing = _ThreadStack()  # the stream a library call or graph launch runs on (per thread, as in CuPy)
+    bookkeeping = threading.RLock()  # threads share the clocks and ranges
     # CUDA's primary context is made current by the first call that needs one (an allocation, a stream), not by
     # device queries (count, properties); libraries that need a current context check cp.context_current()
     context = [False]
     cp.context_current = lambda: context[0]
 
     def merge(into: dict[int, int], other: dict[int, int]) -> None:
-        for k, v in other.items():
-            if v > into.get(k, 0):
-                into[k] = v
+        with bookkeeping:
+            for k, v in list(other.items()):
+                if v > into.get(k, 0):
+                    into[k] = v
 
     def tick(stream) -> tuple[int, int]:
         """Enqueue one operation on ``stream``: it follows everything the host has waited for."""
-        merge(stream._vc, host)
-        stream._vc[stream.ptr] = stream._vc.get(stream.ptr, 0) + 1
-        return stream.ptr, stream._vc[stream.ptr]
+        with bookkeeping:
+            merge(stream._vc, host)
+            stream._vc[stream.ptr] = stream._vc.get(stream.ptr, 0) + 1
+            return stream.ptr, stream._vc[stream.ptr]
 
     def bounds(x) -> tuple[int, int] | None:
         if isinstance(x, tuple):
@@ -134,6 +157,10 @@ def make_fake_cupy(gpu_name: str = "Fake GPU 9.0", compute_capability: tuple[int
         return f" (at {Path(frames[-1].filename).name}:{frames[-1].lineno} in {frames[-1].name})" if frames else ""
 
     def access(reads=(), writes=(), *, stream=None, what="") -> None:
+        with bookkeeping:
+            _access(reads, writes, stream=stream, what=what)
+
+    def _access(reads=(), writes=(), *, stream=None, what="") -> None:
         stream = stream or (executing[-1] if executing else get_current_stream())
         stamp = tick(stream)
         vc = stream._vc
@@ -358,7 +385,7 @@ def make_fake_cupy(gpu_name: str = "Fake GPU 9.0", compute_capability: tuple[int
     # -- cuda: streams, events, graphs, memory, runtime ---------------------------------------------------------
     ptrs = itertools.count(0x1000, 0x10)
     streams: dict[int, Any] = {}
-    current: list[Any] = []
+    current = _ThreadStack()  # the current-stream stack: CuPy's current stream is per thread
 
     class Event:
         def __init__(self, *a, **k):

@@ -61,7 +61,7 @@ def test_check_feed_static_dims():
 
 def test_lifecycle(models_dir, models_meta):
     b = OrtBackend(models_dir / "negx.onnx", device="cpu")
-    with pytest.raises(BackendError, match="not active"):
+    with pytest.raises(BackendError, match="is not open \\(closed, or never activated\\)"):
         b.infer(models_meta.random_feed("negx.onnx"))
     with b:
         assert b.is_active

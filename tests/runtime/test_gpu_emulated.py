@@ -541,6 +541,69 @@ def test_a_batch_size_beyond_the_plans_profile_names_the_rebuild(plan, cp, trt):
         gpu.open_segmenter(plan, threads=1, **{**KW, "batch_size": 13})
 
 
+@pytest.mark.parametrize("own_streams", [False, True])
+def test_one_device_segmenter_called_from_several_threads_gives_the_sequential_results(plan, cp, trt, own_streams):
+    """The Segmenter's documented thread safety holds on a plan: the backend reuses its output buffers per
+    shape, so a call and the copies it takes of them must not interleave with another thread's call."""
+    import threading
+
+    from segflow.runtime import gpu
+
+    images = [(np.random.default_rng(i).random((40 + 3 * i, 50)) * 255).astype(np.uint8) for i in range(5)]
+    with gpu.open_segmenter(plan, threads=1, **KW) as seg:
+        want = [seg(im, seed=i).mean_sdf for i, im in enumerate(images)]
+        got, errors = [None] * len(images), []
+
+        def work(i):
+            try:
+                if own_streams:  # a caller with a CUDA stream of its own (the current stream is per thread)
+                    with cp.cuda.Stream(non_blocking=True):
+                        got[i] = seg(images[i], seed=i).mean_sdf
+                else:
+                    got[i] = seg(images[i], seed=i).mean_sdf
+            except BaseException as exc:  # noqa: BLE001 - reported below
+                errors.append(repr(exc))
+
+        threads = [threading.Thread(target=work, args=(i,)) for i in range(len(images))]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(120)
+    assert errors == [] and not any(t.is_alive() for t in threads)
+    for w, g in zip(want, got, strict=True):
+        np.testing.assert_allclose(g, w, atol=1e-5)
+
+
+def test_close_from_another_thread_waits_for_the_call_in_progress(plan, cp, trt):
+    """An embedding application closes a Segmenter while a worker thread is mid-call: the engine call in
+    progress finishes, and the worker's next call gets one sentence, not a crash inside TensorRT."""
+    import threading
+    import time
+
+    from segflow.runtime import gpu
+
+    seg = gpu.open_segmenter(plan, threads=1, **KW)
+    seen, calls = [], [0]
+
+    def work():
+        try:
+            while True:
+                seg(_image())
+                calls[0] += 1
+        except BaseException as exc:  # noqa: BLE001 - what the worker sees is the point
+            seen.append(exc)
+
+    t = threading.Thread(target=work)
+    t.start()
+    deadline = time.monotonic() + 60
+    while calls[0] < 1 and time.monotonic() < deadline:  # mid-way through its second image
+        time.sleep(0.01)
+    seg.close()
+    t.join(60)
+    assert not t.is_alive() and len(seen) == 1
+    assert isinstance(seen[0], BackendError) and "is not open (closed, or never activated)" in str(seen[0])
+
+
 def test_segment_cli_on_a_plan_matches_cpu(plan, blur_copy, cp, trt, tmp_path, capsys):
     img = tmp_path / "img.tif"
     tifffile.imwrite(img, _image())

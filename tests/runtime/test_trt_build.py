@@ -290,6 +290,31 @@ def test_deferred_interrupt_holds_ctrl_c_until_the_block_ends():
     assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # the handler is given back
 
 
+def test_deferred_interrupt_hands_ctrl_c_to_the_applications_own_handler(monkeypatch):
+    import signal
+
+    got = []
+    app = signal.signal(signal.SIGINT, lambda signum, frame: got.append(signum))
+    try:
+        with trtlib.deferred_interrupt():
+            os.kill(os.getpid(), signal.SIGINT)
+            assert got == []  # held during the block
+        assert got == [signal.SIGINT]  # then the application's handler, not a KeyboardInterrupt
+        signal.signal(signal.SIGINT, signal.SIG_IGN)  # ignored (nohup): nothing held, nothing raised
+        with trtlib.deferred_interrupt():
+            os.kill(os.getpid(), signal.SIGINT)
+        assert signal.getsignal(signal.SIGINT) == signal.SIG_IGN
+        # a host application embedding Python set SIGINT outside Python: getsignal() is None, which cannot be
+        # put back, so segflow leaves SIGINT alone
+        monkeypatch.setattr(signal, "getsignal", lambda _sig: None)
+        monkeypatch.setattr(signal, "signal", lambda *_a: pytest.fail("SIGINT touched"))
+        with trtlib.deferred_interrupt():
+            pass
+    finally:
+        monkeypatch.undo()
+        signal.signal(signal.SIGINT, app)
+
+
 def test_out_folder_problems_are_one_sentence(fake_trt, model, tmp_path):
     (tmp_path / "d.encoder.plan").mkdir()
     with pytest.raises(InputError, match=r"d.encoder.plan is a folder, where runtime build writes a file"):
