@@ -211,7 +211,10 @@ def _timing_cache(trt: ModuleType, config: Any, path: Path | None, stamp: dict[s
     data = b""
     stamp_file = path.with_name(path.name + ".json")
     if path.is_file():
-        old = json.loads(stamp_file.read_text()) if stamp_file.is_file() else {}
+        try:
+            old = json.loads(stamp_file.read_text()) if stamp_file.is_file() else {}
+        except (OSError, ValueError):  # an unreadable stamp: the cache cannot be trusted, so it is rebuilt
+            old = {}
         if old == stamp:
             data = path.read_bytes()
     cache = config.create_timing_cache(data)
@@ -342,6 +345,33 @@ def _check_graph(path: Path) -> None:
     load_graph(onnx, path, load_external_data=False)
 
 
+def _check_build_args(batch: Any, encoder_batch: Any, workspace_bytes: Any, builder: str, conversion: str) -> None:
+    """One sentence for build arguments the CLI would have refused (Python callers skip its parsing)."""
+    from segflow.runtime.autocast import METHODS
+    from segflow.runtime.trtlib import BUILDERS
+
+    for flag, rng in (("--batch", batch), ("--encoder-batch", encoder_batch)):
+        if rng is None and flag == "--encoder-batch":
+            continue
+        try:
+            ok = len(rng) == 3 and all(isinstance(v, int) for v in rng) and 1 <= rng[0] <= rng[1] <= rng[2] <= \
+                _MAX_BATCH
+        except TypeError:
+            ok = False
+        if not ok:
+            raise InputError(f"{flag} {rng!r} must be (MIN, OPT, MAX) integers with 1 <= MIN <= OPT <= MAX <= "
+                             f"{_MAX_BATCH}, e.g. (1, 16, 64).")
+        if rng[0] != 1:
+            raise InputError(f"{flag} MIN is {rng[0]}, but an image's last call can hold a single sample (K x tiles is "
+                             f"not always a multiple of the batch): use MIN 1, e.g. 1:{rng[1]}:{rng[2]}.")
+    if not isinstance(workspace_bytes, int) or not 0 < workspace_bytes < 1 << 63:
+        raise InputError(f"workspace {workspace_bytes!r} must be a positive number of bytes (the CLI takes 4G).")
+    if builder not in BUILDERS:
+        raise InputError(f"builder {builder!r} is unknown: choose one of {', '.join(BUILDERS)}.")
+    if conversion not in METHODS:
+        raise InputError(f"conversion {conversion!r} is unknown: choose one of {', '.join(METHODS)}.")
+
+
 def _require_file(onnx_path: str | Path) -> None:
     if not Path(onnx_path).is_file():
         raise InputError(f"--onnx {onnx_path} does not exist: pass the exported field graph NAME.onnx (`trainer "
@@ -400,6 +430,7 @@ def build_engine(onnx_path: str | Path, out_plan: str | Path, *, precision: str 
     say = progress or (lambda _msg: None)
     if precision not in PRECISIONS:
         raise InputError(f"precision {precision!r} is unknown: choose one of {PRECISIONS}.")
+    _check_build_args(batch, encoder_batch, workspace_bytes, builder, conversion)
     trt = import_trt(builder)  # fail fast, before any conversion work
     _target_enums(trt, tuple(compute_capabilities))
     _require_file(onnx_path)
@@ -536,6 +567,8 @@ def convert_engine(onnx_path: str | Path, out_onnx: str | Path, *, precision: st
         raise InputError(f"precision {precision!r} for an .onnx --out: ONNX Runtime runs these graphs in fp16 "
                          f"(the exported model is fp32; bf16 is for TensorRT plans): use --precision fp16.")
     say = progress or (lambda _msg: None)
+    if conversion not in ("segflow", "modelopt", "auto"):
+        raise InputError(f"conversion {conversion!r} is unknown: choose one of segflow, modelopt, auto.")
     _require_file(onnx_path)
     engine = resolve_engine(onnx_path)
     if engine.format != "onnx":

@@ -30,7 +30,7 @@ import numpy as np
 from numpy.typing import NDArray
 from segflow.runtime.blend import accumulate, blend_weights
 from segflow.runtime.sampling import FlowSDFSampler, SamplerStats, flowsdf_sample, tile_noise
-from segflow.runtime.session import Cancelled, Segmentation, Segmenter
+from segflow.runtime.session import Cancelled, Segmentation, Segmenter, call_seed
 from segflow.runtime.tiling import extract_tile, plan_tiles
 
 from segflow.card import resolve_engine
@@ -235,7 +235,7 @@ class DeviceSegmenter(Segmenter):
         if not isinstance(self.sampler, DeviceFlowSDFSampler):
             return super().__call__(image, seed=seed, name=name, progress=progress, cancel=cancel)
         xp, t_start = self.xp, time.perf_counter()
-        seed = self.settings.seed if seed is None else int(seed)
+        seed = self.settings.seed if seed is None else call_seed(seed)
         img, stats = self.prepare(image, name=name)
         plan = plan_tiles(img.shape, self.card.tile, self.stride)
         t_norm = time.perf_counter() - t_start
@@ -301,6 +301,8 @@ def open_segmenter(engine: str | Path, *, backend: str = "auto", cuda_graph: boo
     """
     from segflow.runtime.backends.onnxrt import CudaProviderError, available_providers, fall_back_to_cpu
 
+    if backend not in ("auto", "cpu", "cuda", "tensorrt"):
+        raise InputError(f"backend {backend!r} is unknown: choose auto, cpu, cuda or tensorrt.")
     paths = resolve_engine(engine)
     if backend == "tensorrt" and paths.format != "plan":
         raise InputError(f"--backend tensorrt needs a TensorRT plan but {paths.field} is not one: build it with "

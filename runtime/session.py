@@ -108,6 +108,14 @@ def iter_tiles(image: NDArray, plan: list[Tile]) -> Iterator[tuple[Tile, NDArray
         yield tile, extract_tile(image, tile)
 
 
+def call_seed(seed: int) -> int:
+    """A per-call noise seed, checked: an integer of 0 or more (numpy's seeding refuses negative ones)."""
+    value = int(seed)
+    if value < 0:
+        raise InputError(f"seed {seed} must be 0 or more: pass --seed 0 or another non-negative integer.")
+    return value
+
+
 def _check_dtype(image: NDArray, name: str) -> None:
     if image.dtype == bool or image.dtype.kind not in "uif":
         raise InputError(f"{name} has unsupported dtype {image.dtype}: use 8-bit, 16-bit or float images.")
@@ -178,7 +186,8 @@ class Segmenter:
         self.blend = blend
         self.instance_method = _instances.check_method(instances)
         check_at_least(("samples", samples, 1), ("steps", steps, 1), ("stride", stride, 1),
-                       ("batch_size", batch_size, 1), ("threads", threads, 1), ("tile_workers", tile_workers, 1))
+                       ("batch_size", batch_size, 1), ("threads", threads, 1), ("tile_workers", tile_workers, 1),
+                       ("seed", seed, 0))
         tile = self.card.tile
         self.stride = int(stride if stride is not None else self.card.sampling.get("stride") or tile * 3 // 4)
         if not 1 <= self.stride <= tile:
@@ -251,6 +260,11 @@ class Segmenter:
         enc_max = getattr(self._encoder, "max_batch", None)
         if field_max is None and enc_max is None:
             return settings
+        if max(getattr(self._field, "min_batch", 1), getattr(self._encoder, "min_batch", 1)) > 1:
+            self.close()  # an image's last field call can hold one sample, and its last encoder call one tile
+            raise InputError(f"engine {self.paths.field} was built for batches of at least "
+                             f"{max(self._field.min_batch, self._encoder.min_batch)}, but an image's last call can "
+                             f"hold a single sample: rebuild it with MIN 1, {self._rebuild_hint(field_max or 1)}.")
         cap = min(field_max or settings.batch, (enc_max or settings.batch) * settings.samples)
         if cap < 1:
             self.close()
@@ -272,8 +286,7 @@ class Segmenter:
         built = plan_batch(info) if info is not None else None
         if built is None:
             return f"`runtime build --onnx NAME.onnx --out {self.paths.field} --batch 1:{min(16, largest)}:{largest}`"
-        lo = min(built[0], largest)
-        return rebuild_hint(self.paths.field, info=info, batch=(lo, max(lo, min(built[1], largest)), largest))
+        return rebuild_hint(self.paths.field, info=info, batch=(1, max(1, min(built[1], largest)), largest))
 
     def _cpu_expected(self, backend: str) -> bool:
         """Whether the graphs will run on ONNX Runtime's CPU provider (decides the thread split before opening)."""
@@ -344,6 +357,8 @@ class Segmenter:
         """Check an image and return it as (H, W, C) per the card, with its normalisation statistics."""
         raw = np.asarray(image)
         _check_dtype(raw, name)
+        if raw.ndim >= 2 and 0 in raw.shape[:2]:
+            raise InputError(f"{name} is empty ({raw.shape[0]} x {raw.shape[1]} pixels): pass an image with pixels.")
         return channels_and_stats(raw, self.card.in_channels, self.card.normalisation, name=name)
 
     def predict_tiles(self, tiles: Iterable[tuple[Tile, NDArray]], *, stats: tuple[float, float],
@@ -366,6 +381,7 @@ class Segmenter:
         cancel : callable, optional
             Polled between groups; returning True raises :class:`Cancelled`.
         """
+        seed = None if seed is None else call_seed(seed)
         stats_acc = sampler_stats if sampler_stats is not None else SamplerStats()
         group = self.sampler.tiles_per_group()
 
@@ -424,7 +440,7 @@ class Segmenter:
                  cancel: Callable[[], bool] | None = None) -> Segmentation:
         """Segment one (H, W) or (H, W, C) image; ``progress(done, total)`` counts tiles."""
         t_start = time.perf_counter()
-        seed = self.settings.seed if seed is None else int(seed)
+        seed = self.settings.seed if seed is None else call_seed(seed)
         img, stats = self.prepare(image, name=name)
         plan = plan_tiles(img.shape, self.card.tile, self.stride)
         t_norm = time.perf_counter() - t_start

@@ -284,6 +284,11 @@ class TensorRTBackend(Backend):
         """Largest batch (dim 0) every input's profile accepts."""
         return min((hi[0] for _lo, hi in self._profile.values() if hi), default=1)
 
+    @property
+    def min_batch(self) -> int:
+        """Smallest batch (dim 0) every input's profile accepts."""
+        return max((lo[0] for lo, _hi in self._profile.values() if lo), default=1)
+
     def _device_inputs(self, feed: dict[str, Any]) -> dict[str, Any]:
         cp = self.cp
         out = {}

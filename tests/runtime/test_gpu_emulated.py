@@ -604,6 +604,36 @@ def test_close_from_another_thread_waits_for_the_call_in_progress(plan, cp, trt)
     assert isinstance(seen[0], BackendError) and "is not open (closed, or never activated)" in str(seen[0])
 
 
+def test_a_plan_whose_batch_min_is_above_one_is_refused_when_opened(plan, cp, trt, monkeypatch):
+    """A plan built with MIN > 1 (elsewhere, or by an older segflow) would fail mid-run on some images: an
+    image's last field call can hold one sample. It is refused when opened, with the rebuild command."""
+    from segflow.runtime import gpu
+    from segflow.runtime.backends.tensorrt import TensorRTBackend
+
+    monkeypatch.setattr(TensorRTBackend, "min_batch", property(lambda self: 4 if self.path == plan else 1))
+    with pytest.raises(InputError, match=r"built for batches of at least 4, but an image's last call can hold a "
+                                         r"single sample: rebuild it with MIN 1, `runtime build .*--batch 1:6:"):
+        gpu.open_segmenter(plan, threads=1, **KW)
+
+
+def test_embedding_mistakes_are_one_sentence(plan, blur_copy, cp, trt):
+    """An unknown backend, an empty image and a negative seed raise segflow's InputError, not numpy's errors."""
+    from segflow.runtime import gpu
+
+    for engine in (plan, blur_copy):
+        with pytest.raises(InputError, match=r"backend 'gpu' is unknown: choose auto, cpu, cuda or tensorrt\.$"):
+            gpu.open_segmenter(engine, backend="gpu", threads=1, **KW)
+    with pytest.raises(InputError, match=r"seed must be at least 0, got -1"):
+        gpu.open_segmenter(plan, threads=1, **{**KW, "seed": -1})
+    with gpu.open_segmenter(plan, threads=1, **KW) as seg:
+        for empty in (np.zeros((0, 0), np.uint8), np.zeros((0, 40), np.uint8)):
+            with pytest.raises(InputError, match=r"image is empty \(0 x \d+ pixels\)"):
+                seg(empty)
+        with pytest.raises(InputError, match=r"seed -3 must be 0 or more"):
+            seg(_image(), seed=-3)
+        assert seg(_image()).mean_sdf.shape == (50, 61)  # still usable after the refusals
+
+
 def test_segment_cli_on_a_plan_matches_cpu(plan, blur_copy, cp, trt, tmp_path, capsys):
     img = tmp_path / "img.tif"
     tifffile.imwrite(img, _image())

@@ -168,16 +168,16 @@ def test_auto_prefers_full_tensorrt(monkeypatch):
 
 # -- the builder's call sequence (fake tensorrt) ------------------------------------------------------------------
 def test_build_call_sequence(fake_trt, model, tmp_path):
-    res = eng.build_engine(model, tmp_path / "out" / "blur.plan", precision="fp32", batch=(2, 8, 32),
+    res = eng.build_engine(model, tmp_path / "out" / "blur.plan", precision="fp32", batch=(1, 8, 32),
                            workspace_bytes=3 << 30, encoder_batch=(1, 2, 8))
     calls = fake_trt.calls
     assert ("create_network", 1 << int(fake_trt.NetworkDefinitionCreationFlag.STRONGLY_TYPED)) in calls
     assert calls.count(("set_memory_pool_limit", fake_trt.MemoryPoolType.WORKSPACE, 3 << 30)) == 2
     tile = card_from_onnx(model).tile
     shapes = [c for c in calls if c[0] == "set_shape"]
-    assert ("set_shape", "x", (2, 1, tile, tile), (8, 1, tile, tile), (32, 1, tile, tile)) in shapes
-    assert ("set_shape", "t", (2,), (8,), (32,)) in shapes
-    assert ("set_shape", "features", (2, 2, tile, tile), (8, 2, tile, tile), (32, 2, tile, tile)) in shapes
+    assert ("set_shape", "x", (1, 1, tile, tile), (8, 1, tile, tile), (32, 1, tile, tile)) in shapes
+    assert ("set_shape", "t", (1,), (8,), (32,)) in shapes
+    assert ("set_shape", "features", (1, 2, tile, tile), (8, 2, tile, tile), (32, 2, tile, tile)) in shapes
     assert ("parse_from_file", "blur.onnx", True) in calls and ("parse_from_file", "blur.encoder.onnx", True) in calls
     assert calls.count(("build_serialized_network",)) == 2
     assert fake_trt.build_flags == [set(), set()]  # TF32 (on by default) cleared: float32 maths in float32
@@ -186,7 +186,7 @@ def test_build_call_sequence(fake_trt, model, tmp_path):
     assert res.field.read_bytes() == b"PLAN:2" and res.encoder.name == "blur.encoder.plan"
     info = PlanInfo.read(res.field)
     assert (info.library, info.trt_version, info.precision) == ("tensorrt", "11.4.0.106", "fp32")
-    assert info.profiles["t"] == [[2], [8], [32]] and info.workspace_bytes == 3 << 30 and info.gpu_name is None
+    assert info.profiles["t"] == [[1], [8], [32]] and info.workspace_bytes == 3 << 30 and info.gpu_name is None
     assert json.loads(sidecar_path(res.field).read_text())["onnx"] == "blur.onnx"
     assert ModelCard.from_json(res.card.read_text()) == card_from_onnx(model)
     assert res.card.name == "blur.card.json"
@@ -209,6 +209,11 @@ def test_timing_cache_reused_only_for_same_version_and_gpu(monkeypatch, fake_trt
     fake_trt.calls.clear()
     eng.build_engine(model, tmp_path / "b.plan", precision="fp32", timing_cache=cache)
     assert ("create_timing_cache", b"+tuned+tuned") in fake_trt.calls
+    cache.with_name("tc.bin.json").write_text("{half written")  # an unreadable stamp: the cache is not trusted
+    fake_trt.calls.clear()
+    eng.build_engine(model, tmp_path / "d.plan", precision="fp32", timing_cache=cache)
+    assert ("create_timing_cache", b"") in fake_trt.calls
+    assert json.loads(cache.with_name("tc.bin.json").read_text()) == stamp  # and it is written anew
     other = make_fake_trt(version="11.5.0.1")
     monkeypatch.setitem(sys.modules, "tensorrt", other)
     eng.build_engine(model, tmp_path / "c.plan", precision="fp32", timing_cache=cache)
@@ -397,14 +402,32 @@ def test_cli_result_line_and_the_rtx_timing_cache_note(monkeypatch, no_gpu, mode
 
 def test_rebuild_hint_repeats_both_plans_build(fake_trt, model, tmp_path, monkeypatch):
     res = eng.build_engine(model, tmp_path / "out" / "h.plan", precision="bf16", batch=(1, 4, 8),
-                           encoder_batch=(2, 3, 5))
+                           encoder_batch=(1, 3, 5))
     want = (f"`runtime build --onnx {model.resolve()} --out {res.field} --precision bf16 --builder tensorrt "
-            "--batch 1:4:8 --encoder-batch 2:3:5`")
+            "--batch 1:4:8 --encoder-batch 1:3:5`")
     for plan in (res.field, res.encoder):  # from either plan's record, the whole build
         assert trtlib.rebuild_hint(plan, info=PlanInfo.read(plan)) == want
     monkeypatch.chdir(tmp_path / "out")
     model.rename(model.with_name("moved.onnx"))  # the source is gone: its recorded name is all there is
     assert trtlib.rebuild_hint(res.field, info=PlanInfo.read(res.field)).startswith("`runtime build --onnx blur.onnx ")
+
+
+@pytest.mark.parametrize("kw,msg", [
+    ({"batch": (2, 8, 32)}, r"--batch MIN is 2, but an image's last call can hold a single sample .*use MIN 1, e.g. "
+                            r"1:8:32\.$"),
+    ({"encoder_batch": (4, 4, 8)}, r"--encoder-batch MIN is 4"),
+    ({"batch": (1, 2)}, r"--batch \(1, 2\) must be \(MIN, OPT, MAX\) integers"),
+    ({"batch": (1, 16, 2**40)}, r"MAX <= 2147483647"),
+    ({"batch": (4, 2, 1)}, r"1 <= MIN <= OPT <= MAX"),
+    ({"workspace_bytes": "4G"}, r"workspace '4G' must be a positive number of bytes \(the CLI takes 4G\)"),
+    ({"workspace_bytes": 0}, r"workspace 0 must be a positive number of bytes"),
+    ({"builder": "bogus"}, r"builder 'bogus' is unknown: choose one of auto, tensorrt, tensorrt_rtx\.$"),
+    ({"conversion": "bogus"}, r"conversion 'bogus' is unknown"),
+])
+def test_build_engine_checks_its_arguments_as_the_cli_does(fake_trt, model, tmp_path, kw, msg):
+    with pytest.raises(InputError, match=msg):
+        eng.build_engine(model, tmp_path / "a.plan", precision="fp32", **kw)
+    assert list(tmp_path.glob("a.*")) == []
 
 
 def test_missing_onnx_names_the_flag(fake_trt, tmp_path):
