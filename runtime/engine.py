@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import operator
 import os
 import re
 import shutil
@@ -353,9 +354,9 @@ def _check_build_args(batch: Any, encoder_batch: Any, workspace_bytes: Any, buil
     for flag, rng in (("--batch", batch), ("--encoder-batch", encoder_batch)):
         if rng is None and flag == "--encoder-batch":
             continue
-        try:
-            ok = len(rng) == 3 and all(isinstance(v, int) for v in rng) and 1 <= rng[0] <= rng[1] <= rng[2] <= \
-                _MAX_BATCH
+        try:  # integers of any kind (numpy's too), in a tuple, list or array; not bools
+            vals = [operator.index(v) for v in rng if not isinstance(v, bool)]
+            ok = len(vals) == len(rng) == 3 and 1 <= vals[0] <= vals[1] <= vals[2] <= _MAX_BATCH
         except TypeError:
             ok = False
         if not ok:
@@ -364,7 +365,11 @@ def _check_build_args(batch: Any, encoder_batch: Any, workspace_bytes: Any, buil
         if rng[0] != 1:
             raise InputError(f"{flag} MIN is {rng[0]}, but an image's last call can hold a single sample (K x tiles is "
                              f"not always a multiple of the batch): use MIN 1, e.g. 1:{rng[1]}:{rng[2]}.")
-    if not isinstance(workspace_bytes, int) or not 0 < workspace_bytes < 1 << 63:
+    try:
+        workspace_ok = not isinstance(workspace_bytes, bool) and 0 < operator.index(workspace_bytes) < 1 << 63
+    except TypeError:
+        workspace_ok = False
+    if not workspace_ok:
         raise InputError(f"workspace {workspace_bytes!r} must be a positive number of bytes (the CLI takes 4G).")
     if builder not in BUILDERS:
         raise InputError(f"builder {builder!r} is unknown: choose one of {', '.join(BUILDERS)}.")
@@ -431,6 +436,9 @@ def build_engine(onnx_path: str | Path, out_plan: str | Path, *, precision: str 
     if precision not in PRECISIONS:
         raise InputError(f"precision {precision!r} is unknown: choose one of {PRECISIONS}.")
     _check_build_args(batch, encoder_batch, workspace_bytes, builder, conversion)
+    batch = tuple(operator.index(v) for v in batch)  # plain ints for TensorRT (numpy's are accepted above)
+    encoder_batch = None if encoder_batch is None else tuple(operator.index(v) for v in encoder_batch)
+    workspace_bytes = operator.index(workspace_bytes)
     trt = import_trt(builder)  # fail fast, before any conversion work
     _target_enums(trt, tuple(compute_capabilities))
     _require_file(onnx_path)

@@ -20,7 +20,6 @@ otherwise the host :class:`~segflow.runtime.session.Segmenter`.
 
 from __future__ import annotations
 
-import threading
 import time
 import warnings
 from pathlib import Path
@@ -63,7 +62,7 @@ class DeviceField:
         xp = self.xp
         feed = {"x": x, "t": xp.full((x.shape[0],), t, dtype=xp.float32), "features": self.features}
         self.calls += 1
-        return xp.array(self.backend.infer(feed, to_host=xp is np, check=False)["out"], copy=True)
+        return self.backend.infer(feed, to_host=xp is np, check=False)["out"]  # an array of the caller's own
 
 
 class DeviceFlowSDFSampler(FlowSDFSampler):
@@ -88,10 +87,6 @@ class DeviceFlowSDFSampler(FlowSDFSampler):
             raise ValueError(f"noise must be one of {NOISE_MODES}, got {noise!r}")
         self.xp = xp if xp is not None else require_cupy("device-resident sampling")
         self.noise = noise
-        # the backends hand back output buffers they reuse per shape (copy what you keep): a call and the copies
-        # it takes must not interleave with another thread's call, so device sampling runs one call at a time
-        # (on one GPU they would take turns on the backend's stream anyway)
-        self._lock = threading.Lock()
 
     def _noise(self, rng: Any, seed: int, indices: list[int], chunk: list[tuple[int, int]], size: int, it: int
                ) -> Any:
@@ -115,18 +110,13 @@ class DeviceFlowSDFSampler(FlowSDFSampler):
                       *, seed: int | None = None) -> Any:
         """Samples (n, K, T, T) in ``xp`` for normalised tiles ``images`` (n, C, T, T) with plan ``indices``.
 
-        Thread-safe: calls from several threads run one at a time (see ``__init__``)."""
-        with self._lock:
-            return self._sample_device(images, indices, stats, seed=seed)
-
-    def _sample_device(self, images: NDArray[np.float32], indices: list[int], stats: SamplerStats | None = None,
-                       *, seed: int | None = None) -> Any:
+        Thread-safe: the backends return arrays of the caller's own (see ``TensorRTBackend``)."""
         xp, s = self.xp, self.settings
         seed = s.seed if seed is None else int(seed)
         stats = stats if stats is not None else SamplerStats()
         t0 = time.perf_counter()
         feats = self.encoder.infer({"image": xp.asarray(np.ascontiguousarray(images))}, to_host=xp is np)
-        feats = xp.array(feats["features"], copy=True)
+        feats = feats["features"]
         stats.encoder_s += time.perf_counter() - t0
         stats.encoder_tiles += len(images)
         n, size = images.shape[0], images.shape[-1]
@@ -299,7 +289,7 @@ def open_segmenter(engine: str | Path, *, backend: str = "auto", cuda_graph: boo
     ``cuda_graph`` (TensorRT plans only) captures each engine call signature into a CUDA graph; ``noise`` is
     the :class:`DeviceFlowSDFSampler` noise mode. Other keyword arguments are the Segmenter's.
     """
-    from segflow.runtime.backends.onnxrt import CudaProviderError, available_providers, fall_back_to_cpu
+    from segflow.runtime.backends.onnxrt import CudaProviderError, available_providers, cuda_failure, fall_back_to_cpu
 
     if backend not in ("auto", "cpu", "cuda", "tensorrt"):
         raise InputError(f"backend {backend!r} is unknown: choose auto, cpu, cuda or tensorrt.")
@@ -319,7 +309,8 @@ def open_segmenter(engine: str | Path, *, backend: str = "auto", cuda_graph: boo
     if cuda_graph:
         raise InputError(f"--cuda-graph applies to TensorRT plans, and {paths.field} is an ONNX graph: drop it, "
                          "or build a plan with `runtime build`.")
-    if backend in ("auto", "cuda") and "CUDAExecutionProvider" in available_providers():
+    if (backend == "cuda" or backend == "auto" and cuda_failure() is None) \
+            and "CUDAExecutionProvider" in available_providers():  # auto: not again after it failed to start
         xp = cupy_with_gpu()
         if xp is not None:
             try:

@@ -126,11 +126,11 @@ def deferred_interrupt() -> Iterator[None]:
         yield
     finally:
         signal.signal(signal.SIGINT, previous)
-    if caught:  # what would have happened, now: the application's handler, or the default
-        if callable(previous):
-            previous(signal.SIGINT, None)  # Python's default handler raises KeyboardInterrupt
-        else:
-            signal.raise_signal(signal.SIGINT)  # SIG_DFL: the process ends as it would have
+        if caught:  # what would have happened, now (also when the block raised): the handler, or the default
+            if callable(previous):
+                previous(signal.SIGINT, sys._getframe())  # Python's default handler raises KeyboardInterrupt
+            else:
+                signal.raise_signal(signal.SIGINT)  # SIG_DFL: the process ends as it would have
 
 
 def use_trt_logger(trt: ModuleType, logger: Any) -> None:
@@ -309,6 +309,7 @@ def rebuild_hint(plan: str | Path, extra: str = "", info: PlanInfo | None = None
             ranges["field" if encoder else "encoder"] = plan_batch(PlanInfo.read(partner))
         except ModelCardError:
             pass
+    ranges = {k: None if r is None else (1, *r[1:]) for k, r in ranges.items()}  # MIN 1: what builds accept now
     if ranges.get("field") is not None:
         flags.append(f"--batch {':'.join(map(str, ranges['field']))}")
     if ranges.get("encoder") is not None and ranges["encoder"] != ranges.get("field"):

@@ -86,7 +86,9 @@ class Backend(abc.ABC):
         self.is_active = False
         self.calls = 0
         self.seconds = 0.0
-        self._run_lock = threading.Lock()
+        self._run_lock = threading.RLock()  # re-entrant: a signal handler may close the backend mid-call
+        self._in_call = False  # a call is running (under the lock, so in one thread at a time)
+        self._close_pending = False  # closed from inside that call: release once it returns
         self._stats_lock = threading.Lock()
 
     # -- subclass interface ------------------------------------------------------------------------------
@@ -129,6 +131,9 @@ class Backend(abc.ABC):
         with contextlib.nullcontext() if self.thread_safe else self._run_lock:
             if self.is_active:
                 self.is_active = False
+                if self._in_call:  # this very thread is inside the call (a signal handler): release after it
+                    self._close_pending = True
+                    return
                 self._deactivate()
 
     close = deactivate
@@ -166,7 +171,14 @@ class Backend(abc.ABC):
             with self._run_lock:
                 if not self.is_active:  # closed by another thread while this call waited for the lock
                     raise self._not_open()
-                out = self._infer(feed, to_host)
+                self._in_call = True
+                try:
+                    out = self._infer(feed, to_host)
+                finally:
+                    self._in_call = False
+                    if self._close_pending:
+                        self._close_pending = False
+                        self._deactivate()
         dt = time.perf_counter() - t0
         with self._stats_lock:
             self.calls += 1

@@ -27,6 +27,7 @@ import os
 import re
 import sys
 import tempfile
+import threading
 import warnings
 from collections.abc import Iterator
 from pathlib import Path
@@ -156,26 +157,49 @@ _preload_failures: list[str] | None = None
 _cuda_failure: str | None = None  # why the CUDA provider did not start in this process (``auto`` then skips it)
 
 
+_CAPTURE_LOCK = threading.Lock()  # file descriptor 2 is one per process: one capture at a time
+
+
 @contextlib.contextmanager
 def _captured_stderr() -> Iterator[io.StringIO]:
     """Capture what native code writes to file descriptor 2 (ONNX Runtime logs a failed provider there, in
-    colour, before segflow can say the same in one sentence); the caller replays it when it is not explained."""
+    colour, before segflow can say the same in one sentence); the caller replays it when it is not explained.
+
+    One capture at a time (threads opening CUDA sessions together take turns). Where no capture can be set up
+    (no stderr, no writable temporary folder), nothing is captured. If the block raises, what was captured is
+    written out before the exception goes on."""
     buf = io.StringIO()
-    try:
-        saved = os.dup(2)
-    except OSError:  # no stderr to redirect
-        yield buf
-        return
-    with tempfile.TemporaryFile(mode="w+b") as tmp:
-        sys.stderr.flush()
-        os.dup2(tmp.fileno(), 2)
+    with _CAPTURE_LOCK:
         try:
+            tmp = tempfile.TemporaryFile(mode="w+b")
+        except OSError:
             yield buf
-        finally:
-            os.dup2(saved, 2)
-            os.close(saved)
-            tmp.seek(0)
-            buf.write(tmp.read().decode(errors="replace"))
+            return
+        with tmp:
+            try:
+                if sys.stderr is not None:
+                    sys.stderr.flush()
+                saved = os.dup(2)
+            except (OSError, ValueError):  # no file descriptor 2 to redirect
+                yield buf
+                return
+            try:
+                os.dup2(tmp.fileno(), 2)
+            except OSError:
+                os.close(saved)
+                yield buf
+                return
+            ok = False
+            try:
+                yield buf
+                ok = True
+            finally:
+                os.dup2(saved, 2)
+                os.close(saved)
+                tmp.seek(0)
+                buf.write(tmp.read().decode(errors="replace"))
+                if not ok and buf.getvalue() and sys.stderr is not None:
+                    sys.stderr.write(buf.getvalue())
 
 
 # ONNX Runtime's lines about a provider that did not start (what segflow's sentence replaces)

@@ -151,7 +151,6 @@ class TensorRTBackend(Backend):
         self._scratch: Any = None  # activation memory shared by the contexts ("capture" mode)
         self._keep: list[Any] = []
         self._logger: Any = None  # the process's TensorRT logger
-        self._last_caller: Any = None  # the stream of the previous call's caller (reads of the reused outputs)
 
     # -- activation ------------------------------------------------------------------------------------------
     def _activate(self) -> None:
@@ -268,7 +267,6 @@ class TensorRTBackend(Backend):
             self.stream.synchronize()
         if self._rt_cache is not None:
             self._save_runtime_cache()
-        self._last_caller = None
         self._graphs.clear()
         self._contexts.clear()
         self._static.clear()
@@ -394,10 +392,6 @@ class TensorRTBackend(Backend):
         cp = self.cp
         caller = cp.cuda.get_current_stream()
         self.stream.wait_event(caller.record())  # inputs written on the caller's stream come first
-        last = self._last_caller
-        if last is not None and last is not caller:  # the previous caller (another thread, another stream) may
-            self.stream.wait_event(last.record())  # still be reading the output buffers this call overwrites
-        self._last_caller = caller
         inputs = self._device_inputs(feed)
         with deferred_interrupt():  # TensorRT may log during a call (see trtlib.deferred_interrupt)
             outs = self._launch(inputs)
@@ -406,8 +400,10 @@ class TensorRTBackend(Backend):
             host = {n: cp.asnumpy(b, stream=self.stream) for n, b in outs.items()}
             self.stream.synchronize()
             return host
+        with self.stream:  # the engine's buffers are reused by the next call (from any thread, on any stream):
+            fresh = {n: b.copy() for n, b in outs.items()}  # the caller gets arrays of its own
         caller.wait_event(self.stream.record())  # the caller's later work sees the outputs
-        return dict(outs)
+        return fresh
 
     # -- metadata --------------------------------------------------------------------------------------------
     def input_metadata(self) -> dict[str, TensorMeta]:

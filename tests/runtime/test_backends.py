@@ -365,3 +365,84 @@ def test_a_broken_onnxruntime_is_one_sentence_for_every_command(models_dir, tmp_
             "onnxruntime` (or `pip install \"onnxruntime-gpu[cuda,cudnn]\"` for NVIDIA GPUs)." in err, err
         assert ("files in" in err and "are missing" in err) if state == "half-removed" else "cannot be imported" in err
     assert not (tmp_path / "o").exists()
+
+
+def test_a_signal_handler_closing_the_backend_mid_call_does_not_deadlock():
+    """An application's SIGINT/SIGTERM handler may close a (serialising) backend while its call runs in the
+    same thread: the close is taken and the engine released once the call returns, not a hang on the lock."""
+    import signal
+
+    from segflow.runtime.backends.base import Backend
+    from segflow.runtime.trtlib import deferred_interrupt
+
+    released = []
+
+    class Serial(Backend):
+        name, thread_safe = "serial", False
+
+        def _activate(self):
+            pass
+
+        def _deactivate(self):
+            released.append("engine")
+
+        def input_metadata(self):
+            return {}
+
+        def output_metadata(self):
+            return {}
+
+        def _infer(self, feed, to_host):
+            with deferred_interrupt():  # as TensorRTBackend._infer around the TensorRT call
+                signal.raise_signal(signal.SIGINT)
+            return {"done": True}
+
+    b = Serial().activate()
+
+    def handler(signum, frame):
+        b.close()
+        assert released == []  # the call is still running: not yet
+        raise KeyboardInterrupt
+
+    previous = signal.signal(signal.SIGINT, handler)
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            b.infer({}, check=False)
+    finally:
+        signal.signal(signal.SIGINT, previous)
+    assert released == ["engine"] and not b.is_active
+    with pytest.raises(BackendError, match="is not open"):
+        b.infer({}, check=False)
+
+
+def test_stderr_capture_is_one_at_a_time_and_gives_fd_2_back(monkeypatch):
+    from segflow.runtime.backends import onnxrt
+
+    before = os.fstat(2)
+    out = []
+
+    def capture(i):
+        with onnxrt._captured_stderr() as log:
+            os.write(2, f"thread {i}\n".encode())
+            threading.Event().wait(0.01)
+        out.append(log.getvalue())
+
+    threads = [threading.Thread(target=capture, args=(i,)) for i in range(6)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(30)
+    assert sorted(out) == [f"thread {i}\n" for i in range(6)]  # each capture saw its own line only
+    after = os.fstat(2)
+    assert (after.st_dev, after.st_ino) == (before.st_dev, before.st_ino)  # the real stderr is back
+    fds = len(os.listdir("/proc/self/fd")) if os.path.isdir("/proc/self/fd") else None
+
+    def no_temp(*_a, **_k):
+        raise OSError(30, "Read-only file system")
+
+    monkeypatch.setattr(onnxrt.tempfile, "TemporaryFile", no_temp)
+    with onnxrt._captured_stderr() as log:  # nothing can be captured: the session opens all the same
+        pass
+    assert log.getvalue() == ""
+    if fds is not None:
+        assert len(os.listdir("/proc/self/fd")) == fds  # no file descriptor left behind

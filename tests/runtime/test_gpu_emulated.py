@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import sys
+import warnings
 
 import numpy as np
 import pytest
@@ -233,8 +234,12 @@ def test_tensorrt_backend_runs_a_plan(plan, cp, trt, models_meta):
         out = b.infer({k: cp.asarray(v) for k, v in feed.items()}, to_host=False)["out"]
         assert type(out) is cp.ndarray
         np.testing.assert_allclose(cp.asnumpy(out), _reference(models_meta, feed), atol=1e-5)
+        kept = cp.asnumpy(out)
         again = b.infer({k: cp.asarray(v) for k, v in _feed(4, np.random.default_rng(3)).items()}, to_host=False)
-        assert again["out"] is out  # same shape: the output buffer is reused (documented: copy what you keep)
+        # the engine reuses its output buffer per shape, but the caller gets arrays of its own: the next call (from
+        # any thread, on any stream) leaves the last result as it was
+        assert again["out"] is not out
+        np.testing.assert_array_equal(cp.asnumpy(out), kept)
         other = b.infer({k: cp.asarray(v) for k, v in _feed(2).items()}, to_host=False)["out"]
         assert other.shape == (2, 1, 16, 16) and other is not out
         # the rebuild repeats the build (its graph, precision, library, MIN and OPT) with MAX raised to the batch
@@ -528,6 +533,12 @@ def test_open_segmenter_falls_back_to_the_cpu_once_when_cuda_cannot_start(blur_c
             assert type(seg) is Segmenter and seg.backend_info["providers"] == ["CPUExecutionProvider"]
     assert asked == ["cuda", "cpu", "cpu"]  # one failed CUDA start, then the field and encoder on the CPU
     assert onnxrt.cuda_failure() is not None  # and later auto sessions in this process go straight to the CPU
+    asked.clear()
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        with gpu.open_segmenter(blur_copy, threads=1, **KW) as seg:
+            assert type(seg) is Segmenter
+    assert asked == ["auto", "auto"] and real("auto") == ["CPUExecutionProvider"]  # no second CUDA attempt
     with pytest.raises(BackendError, match="could not start"):
         gpu.open_segmenter(blur_copy, backend="cuda", threads=1, **KW)
 

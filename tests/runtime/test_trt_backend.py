@@ -45,10 +45,10 @@ def test_check_plan_version_mismatch_is_one_sentence():
     src = _info(onnx="nuclei-v2.onnx", precision="bf16", profiles={
         "x": [[2, 1, 64, 64], [8, 1, 64, 64], [32, 1, 64, 64]], "t": [[2], [8], [32]]})
     with pytest.raises(BackendError, match=r"`runtime build --onnx nuclei-v2.onnx --out models/n.plan --precision "
-                                           r"bf16 --builder tensorrt --batch 2:8:32`\.$"):
+                                           r"bf16 --builder tensorrt --batch 1:8:32`\.$"):  # MIN 1, as builds need
         check_plan("models/n.plan", src, "tensorrt", "11.5.0.1", ADA)
     with pytest.raises(BackendError, match=r"--onnx nuclei-v2.onnx --out models/n.plan --precision bf16 --builder "
-                                           r"tensorrt --encoder-batch 2:8:32`"):  # an encoder plan's own flag
+                                           r"tensorrt --encoder-batch 1:8:32`"):  # an encoder plan's own flag
         check_plan("models/n.encoder.plan", src, "tensorrt", "11.5.0.1", ADA)
     with pytest.raises(BackendError, match=r"built with tensorrt but this machine runs tensorrt_rtx: rebuild it "
                                            r"with `.* --builder tensorrt_rtx --batch"):

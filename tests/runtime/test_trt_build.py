@@ -295,6 +295,16 @@ def test_deferred_interrupt_holds_ctrl_c_until_the_block_ends():
     assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # the handler is given back
 
 
+def test_a_ctrl_c_held_while_the_block_raises_is_still_delivered():
+    import signal
+
+    with pytest.raises(KeyboardInterrupt) as caught:
+        with trtlib.deferred_interrupt():
+            os.kill(os.getpid(), signal.SIGINT)
+            raise RuntimeError("TensorRT failed")
+    assert isinstance(caught.value.__context__, RuntimeError)  # the failure is kept as the context
+
+
 def test_deferred_interrupt_hands_ctrl_c_to_the_applications_own_handler(monkeypatch):
     import signal
 
@@ -400,6 +410,17 @@ def test_cli_result_line_and_the_rtx_timing_cache_note(monkeypatch, no_gpu, mode
     assert "runs on compute 8.0, 8.6, 8.9, 12.0 and above 12.0 (TensorRT-RTX's defaults)" in capsys.readouterr().out
 
 
+def test_rebuild_hint_of_an_old_min_above_one_pair_asks_for_min_one(fake_trt, model, tmp_path):
+    res = eng.build_engine(model, tmp_path / "o.plan", precision="fp32", batch=(1, 6, 12), encoder_batch=(1, 2, 4))
+    for plan, rng in ((res.field, [4, 6, 12]), (res.encoder, [2, 2, 4])):  # as an older segflow allowed
+        rec = json.loads(sidecar_path(plan).read_text())
+        rec["profiles"] = {k: [[rng[0], *v[0][1:]], [rng[1], *v[1][1:]], [rng[2], *v[2][1:]]]
+                           for k, v in rec["profiles"].items()}
+        sidecar_path(plan).write_text(json.dumps(rec))
+    hint = trtlib.rebuild_hint(res.field, info=PlanInfo.read(res.field))
+    assert hint.endswith("--batch 1:6:12 --encoder-batch 1:2:4`")  # a command build_engine accepts
+
+
 def test_rebuild_hint_repeats_both_plans_build(fake_trt, model, tmp_path, monkeypatch):
     res = eng.build_engine(model, tmp_path / "out" / "h.plan", precision="bf16", batch=(1, 4, 8),
                            encoder_batch=(1, 3, 5))
@@ -428,6 +449,17 @@ def test_build_engine_checks_its_arguments_as_the_cli_does(fake_trt, model, tmp_
     with pytest.raises(InputError, match=msg):
         eng.build_engine(model, tmp_path / "a.plan", precision="fp32", **kw)
     assert list(tmp_path.glob("a.*")) == []
+
+
+def test_build_engine_takes_integers_of_any_kind(fake_trt, model, tmp_path):
+    import numpy as np
+
+    res = eng.build_engine(model, tmp_path / "n.plan", precision="fp32", batch=np.array([1, 4, 8]),
+                           encoder_batch=[1, 2, 4], workspace_bytes=np.int64(1 << 30))
+    info = PlanInfo.read(res.field)
+    assert info.profiles["t"] == [[1], [4], [8]] and type(info.workspace_bytes) is int
+    with pytest.raises(InputError, match="must be \\(MIN, OPT, MAX\\) integers"):
+        eng.build_engine(model, tmp_path / "b.plan", precision="fp32", batch=(True, 4, 8))
 
 
 def test_missing_onnx_names_the_flag(fake_trt, tmp_path):

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 from segflow.runtime.backends.onnxrt import OrtBackend
-from segflow.runtime.gpu import DeviceField, DeviceFlowSDFSampler, DeviceSegmenter, reduce_samples
+from segflow.runtime.gpu import DeviceFlowSDFSampler, DeviceSegmenter, reduce_samples
 from segflow.runtime.sampling import FlowSDFSampler, SamplerStats, SamplingSettings
 from segflow.runtime.session import Segmenter
 
@@ -45,25 +45,6 @@ def test_device_noise_is_reproducible_and_distinct(blur):
     assert not np.allclose(a, host.sample_device(images, [0, 1]))
     with pytest.raises(ValueError, match="noise must be one of"):
         DeviceFlowSDFSampler(*blur, settings, sigma_min=1e-4, xp=np, noise="gpu")
-
-
-class _ReusingBackend:
-    """A backend that returns the same output buffer every call (as the TensorRT backend may)."""
-
-    def __init__(self):
-        self.buf = np.zeros((2, 1, 4, 4), np.float32)
-
-    def infer(self, feed, *, to_host=True, check=True):
-        self.buf[...] = -feed["x"] * (1 + feed["t"][:, None, None, None])
-        return {"out": self.buf}
-
-
-def test_device_field_copies_reused_buffers():
-    f = DeviceField(_ReusingBackend(), np.zeros((2, 2, 4, 4), np.float32), np)
-    x = np.ones((2, 1, 4, 4), np.float32)
-    k1 = f(x, 0.0)
-    k2 = f(2 * x, 1.0)
-    assert k1[0, 0, 0, 0] == -1.0 and k2[0, 0, 0, 0] == -4.0 and f.calls == 2
 
 
 def test_reduce_samples_hand_worked():
