@@ -23,8 +23,8 @@ and the matmul peaks on the CPU), meant with a small network (``--base 8 --tile 
 16``): it checks the script end to end where no GPU is lent; its times are not GPU numbers.
 
     python benchmarks/bench_gpu.py [--skip-image] [--reps 20]
-    python benchmarks/bench_gpu.py --smoke --preset lite --base 8 --tile 32 --image-size 96 --stride 16 --reps 2 \
-        --out /tmp/b
+    python benchmarks/bench_gpu.py --smoke    # = --preset lite --base 8 --tile 32 --image-size 96 --stride 16
+                                              #   --reps 2, written to a temporary folder
 """
 
 from __future__ import annotations
@@ -200,17 +200,30 @@ def segflow_image(engine: Path, size: int, stride: int, target: Target, **kw) ->
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--reps", type=int, default=20)
+    ap.add_argument("--reps", type=int, default=None, help="repetitions per row (default 20; --smoke 2)")
     ap.add_argument("--skip-image", action="store_true")
     ap.add_argument("--skip-tensorrt", action="store_true")
-    ap.add_argument("--preset", default="paper", help="network preset (default paper)")
-    ap.add_argument("--base", type=int, default=None, help="override the preset's base width (smoke runs)")
-    ap.add_argument("--tile", type=int, default=128, help="patch side (default 128)")
-    ap.add_argument("--image-size", type=int, default=1000, help="side of the whole-image run (default 1000)")
-    ap.add_argument("--stride", type=int, default=64, help="tile stride of the whole-image run (default 64)")
-    ap.add_argument("--smoke", action="store_true", help="run every step on the CPU (plumbing check, not GPU times)")
-    ap.add_argument("--out", type=Path, default=OUT, help="folder for bench_gpu.json (default benchmarks/results)")
+    ap.add_argument("--preset", default=None, help="network preset (default paper; --smoke lite)")
+    ap.add_argument("--base", type=int, default=None, help="override the preset's base width (--smoke: 8)")
+    ap.add_argument("--tile", type=int, default=None, help="patch side (default 128; --smoke 32)")
+    ap.add_argument("--image-size", type=int, default=None,
+                    help="side of the whole-image run (default 1000; --smoke 96)")
+    ap.add_argument("--stride", type=int, default=None, help="tile stride of the whole-image run (default 64; "
+                                                              "--smoke 16)")
+    ap.add_argument("--smoke", action="store_true", help="run every step on the CPU with a small network (plumbing "
+                                                         "check, not GPU times)")
+    ap.add_argument("--out", type=Path, default=None,
+                    help="folder for bench_gpu.json (default benchmarks/results; --smoke: a temporary folder, so "
+                         "CPU numbers never replace GPU results)")
     args = ap.parse_args(argv)
+    # the paper's settings on a GPU; on the CPU (--smoke) a small network, which runs in seconds, not hours
+    defaults = ({"reps": 2, "preset": "lite", "base": 8, "tile": 32, "image_size": 96, "stride": 16} if args.smoke
+                else {"reps": 20, "preset": "paper", "base": None, "tile": 128, "image_size": 1000, "stride": 64})
+    for name, value in defaults.items():
+        if getattr(args, name) is None:
+            setattr(args, name, value)
+    if args.out is None:
+        args.out = Path(tempfile.mkdtemp(prefix="bench_gpu_smoke-")) if args.smoke else OUT
     target = cpu_target() if args.smoke else gpu_target()
     if target is None:
         print("bench_gpu: no NVIDIA GPU visible through CuPy; nothing measured (--smoke checks the script on the "

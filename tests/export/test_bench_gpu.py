@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -71,3 +72,22 @@ def test_without_a_gpu_it_measures_nothing(bench, tmp_path, monkeypatch, capsys)
     monkeypatch.setitem(sys.modules, "cupy", None)
     assert bench.main(["--out", str(tmp_path / "r")]) == 0
     assert "no NVIDIA GPU" in capsys.readouterr().out and not (tmp_path / "r").exists()
+
+
+def test_smoke_alone_is_small_and_keeps_away_from_the_results_folder(bench, tmp_path, monkeypatch, capsys):
+    """`--smoke` by itself runs a small network (seconds on a CPU, not the paper preset's hours) and writes to
+    a temporary folder, not over benchmarks/results/bench_gpu.json."""
+    made = []
+    real = bench.tempfile.mkdtemp
+
+    def mkdtemp(*args, **kw):
+        if kw.get("prefix") != "bench_gpu_smoke-":
+            return real(*args, **kw)
+        made.append(real(dir=tmp_path, **kw))
+        return made[-1]
+
+    monkeypatch.setattr(bench.tempfile, "mkdtemp", mkdtemp)
+    monkeypatch.setattr(bench, "OUT", tmp_path / "results")
+    assert bench.main(["--smoke", "--skip-image", "--reps", "1"]) == 0
+    res = json.loads((Path(made[0]) / "bench_gpu.json").read_text())
+    assert (res["settings"]["preset"], res["settings"]["tile"]) == ("lite", 32) and not (tmp_path / "results").exists()
