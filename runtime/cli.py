@@ -11,8 +11,10 @@ from __future__ import annotations
 import argparse
 import importlib
 import os
+import signal
 import stat
 import sys
+import threading
 import warnings
 
 from segflow import __version__
@@ -58,6 +60,26 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+class Terminated(KeyboardInterrupt):
+    """SIGTERM during a command: it unwinds like Ctrl-C, so half-written outputs are removed (exit 143)."""
+
+
+def _raise_terminated(_signum: int, _frame: object) -> None:
+    raise Terminated
+
+
+def _catch_sigterm() -> object | None:
+    """Turn SIGTERM into :class:`Terminated` for the command (main thread, SIGTERM at its default); returns the
+    handler to put back, or None when nothing was changed."""
+    if threading.current_thread() is not threading.main_thread():
+        return None
+    previous = signal.getsignal(signal.SIGTERM)
+    if previous != signal.SIG_DFL:
+        return None
+    signal.signal(signal.SIGTERM, _raise_terminated)
+    return previous
+
+
 def _stdout_is_a_pipe() -> bool:
     try:
         return stat.S_ISFIFO(os.fstat(sys.stdout.fileno()).st_mode)
@@ -74,14 +96,16 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     shown = warnings.formatwarning  # a warning reads like an error line: no source file, no echoed code
     warnings.formatwarning = lambda message, *_a, **_k: f"runtime {args.command}: warning: {message}\n"
+    term = _catch_sigterm()
     try:
         return int(args._run(args) or 0)
     except SegflowError as exc:
         print(f"runtime {args.command}: error: {exc}", file=sys.stderr)
         return 2
-    except KeyboardInterrupt:
-        print(f"runtime {args.command}: interrupted; no partial outputs were kept.", file=sys.stderr)
-        return 130
+    except KeyboardInterrupt as exc:  # Ctrl-C, or SIGTERM (a job scheduler's stop): outputs cleaned up alike
+        how, code = ("terminated", 143) if isinstance(exc, Terminated) else ("interrupted", 130)
+        print(f"runtime {args.command}: {how}; no partial outputs were kept.", file=sys.stderr)
+        return code
     except BrokenPipeError:
         if not _stdout_is_a_pipe():
             raise  # some other pipe broke: that is an error to show
@@ -90,6 +114,8 @@ def main(argv: list[str] | None = None) -> int:
         return 141
     finally:
         warnings.formatwarning = shown
+        if term is not None:
+            signal.signal(signal.SIGTERM, term)
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -103,34 +103,39 @@ def _stderr_logger(trt: ModuleType, min_severity: Any) -> Any:
 
 @contextlib.contextmanager
 def deferred_interrupt() -> Iterator[None]:
-    """Hold a Ctrl-C until the block has finished, then hand it to the SIGINT handler that was installed
-    (Python's default raises ``KeyboardInterrupt``; an application's own handler gets the call).
+    """Hold a Ctrl-C (SIGINT), and a SIGTERM that Python handles, until the block has finished; then hand each to
+    the handler that was installed (Python's default raises ``KeyboardInterrupt``; ``runtime``'s SIGTERM handler
+    ends the command as an interruption; an application's own handler gets the call).
 
     Around TensorRT calls that log through a Python logger: TensorRT calls ``log`` for every message (filtered
-    ones too), so a ``KeyboardInterrupt`` would surface inside ``log``, where the bindings catch it, print
-    "Exception caught in log()" and carry on; the build would finish and be published. Also around steps that
-    must not stop halfway (moving a build's files into place). Only in the main thread (where Python runs
-    signal handlers) and while Python owns SIGINT; elsewhere, when SIGINT is ignored, or when a host application
-    embedding Python installed its handler outside Python (``getsignal`` is None), the block runs as it is.
+    ones too), so an exception raised by a signal handler would surface inside ``log``, where the bindings catch
+    it, print "Exception caught in log()" and carry on; the build would finish and be published. Also around
+    steps that must not stop halfway (moving a build's files into place). Only in the main thread (where Python
+    runs signal handlers), and only for signals Python owns: elsewhere, for an ignored SIGINT, a SIGTERM left at
+    its default (the process ends at once), or a handler a host application embedding Python installed outside
+    Python (``getsignal`` is None), the block runs as it is.
     """
     if threading.current_thread() is not threading.main_thread():
         yield
         return
-    previous = signal.getsignal(signal.SIGINT)
-    if previous is None or previous == signal.SIG_IGN:  # set outside Python (cannot be restored), or ignored
-        yield
-        return
+    held: dict[int, Any] = {}  # signal -> the handler it had
     caught: list[int] = []
-    signal.signal(signal.SIGINT, lambda signum, _frame: caught.append(signum))
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        previous = signal.getsignal(sig)
+        if callable(previous) or (sig == signal.SIGINT and previous == signal.SIG_DFL):
+            held[sig] = previous
+            signal.signal(sig, lambda signum, _frame: caught.append(signum))
     try:
         yield
     finally:
-        signal.signal(signal.SIGINT, previous)
-        if caught:  # what would have happened, now (also when the block raised): the handler, or the default
+        for sig, previous in held.items():
+            signal.signal(sig, previous)
+        for sig in dict.fromkeys(caught):  # what would have happened, now (also when the block raised)
+            previous = held[sig]
             if callable(previous):
-                previous(signal.SIGINT, sys._getframe())  # Python's default handler raises KeyboardInterrupt
+                previous(sig, sys._getframe())  # Python's default SIGINT handler raises KeyboardInterrupt
             else:
-                signal.raise_signal(signal.SIGINT)  # SIG_DFL: the process ends as it would have
+                signal.raise_signal(sig)  # SIG_DFL: the process ends as it would have
 
 
 def use_trt_logger(trt: ModuleType, logger: Any) -> None:

@@ -94,3 +94,25 @@ def test_warnings_read_like_error_lines():
             "info.run = run\nsys.exit(cli.main(['info', '--engine', 'x.onnx']))\n")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert out.returncode == 0 and out.stderr == "runtime info: warning: the CUDA provider could not start\n"
+
+
+def test_sigterm_unwinds_like_ctrl_c(tmp_path):
+    """A job scheduler's SIGTERM during a build: the half-made outputs and the folders made for them are removed,
+    one line says so, and the exit status is 143 (it used to kill the process where it stood, leaving a hidden
+    staging folder with full-size plans in the out folder)."""
+    import subprocess
+    import sys
+
+    out = tmp_path / "new" / "deeper"
+    code = ("import os, signal, sys, time\nfrom pathlib import Path\nfrom segflow.runtime import cli, engine\n"
+            "from segflow.runtime.commands import build\n"
+            "def run(args):\n"
+            f"    with engine.staged_outputs(Path({str(out)!r})) as stage:\n"
+            "        (stage / 'f.plan').write_bytes(b'x' * 1000)\n"
+            "        os.kill(os.getpid(), signal.SIGTERM)\n"
+            "        time.sleep(5)\n"
+            "    return 0\n"
+            "build.run = run\nsys.exit(cli.main(['build', '--onnx', 'm.onnx', '--out', 'f.plan']))\n")
+    res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert res.returncode == 143 and res.stderr == "runtime build: terminated; no partial outputs were kept.\n"
+    assert not (tmp_path / "new").exists()

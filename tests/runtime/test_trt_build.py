@@ -295,6 +295,21 @@ def test_deferred_interrupt_holds_ctrl_c_until_the_block_ends():
     assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # the handler is given back
 
 
+def test_deferred_interrupt_holds_a_sigterm_python_handles():
+    import signal
+
+    got = []
+    previous = signal.signal(signal.SIGTERM, lambda signum, frame: got.append(signum))
+    try:
+        with trtlib.deferred_interrupt():
+            os.kill(os.getpid(), signal.SIGTERM)
+            assert got == []  # held while TensorRT would be running (its bindings swallow handler exceptions)
+        assert got == [signal.SIGTERM]
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+    assert signal.getsignal(signal.SIGTERM) is previous
+
+
 def test_a_ctrl_c_held_while_the_block_raises_is_still_delivered():
     import signal
 
