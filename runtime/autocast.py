@@ -263,14 +263,13 @@ def convert_precision(src: str | Path, dst: str | Path, precision: str, *, metho
         raise ValueError(f"precision must be one of {PRECISIONS}, got {precision!r}")
     onnx = require("onnx", "onnx", "converting an ONNX graph to fp16/bf16")
     method = conversion_method(method)
-    header = load_graph(onnx, src, load_external_data=False)
-    if precision == "fp32":
-        model, used = onnx.load(str(src)), "none"
-    elif method == "modelopt":
+    if precision != "fp32" and method == "modelopt":  # ModelOpt reads the file itself: only the card from here
+        meta = {p.key: p.value for p in load_graph(onnx, src, load_external_data=False).metadata_props}
         model, used = _modelopt_convert(src, precision, calibration), "modelopt"
-    else:
-        model, used = cast_model(onnx.load(str(src)), precision), "segflow"
-    meta = {p.key: p.value for p in header.metadata_props}
+    else:  # one read of the graph, checked
+        model = load_graph(onnx, src)
+        meta = {p.key: p.value for p in model.metadata_props}
+        model, used = (model, "none") if precision == "fp32" else (cast_model(model, precision), "segflow")
     del model.metadata_props[:]
     for k, v in meta.items():
         model.metadata_props.add(key=k, value=v)

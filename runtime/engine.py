@@ -36,7 +36,7 @@ from pathlib import Path
 from types import ModuleType
 from typing import Any
 
-from segflow.runtime.autocast import PRECISIONS, conversion_method, convert_precision, load_graph
+from segflow.runtime.autocast import METHODS, PRECISIONS, conversion_method, convert_precision, load_graph
 from segflow.runtime.trtlib import (
     PlanInfo,
     deferred_interrupt,
@@ -348,7 +348,6 @@ def _check_graph(path: Path) -> None:
 
 def _check_build_args(batch: Any, encoder_batch: Any, workspace_bytes: Any, builder: str, conversion: str) -> None:
     """One sentence for build arguments the CLI would have refused (Python callers skip its parsing)."""
-    from segflow.runtime.autocast import METHODS
     from segflow.runtime.trtlib import BUILDERS
 
     for flag, rng in (("--batch", batch), ("--encoder-batch", encoder_batch)):
@@ -575,8 +574,8 @@ def convert_engine(onnx_path: str | Path, out_onnx: str | Path, *, precision: st
         raise InputError(f"precision {precision!r} for an .onnx --out: ONNX Runtime runs these graphs in fp16 "
                          f"(the exported model is fp32; bf16 is for TensorRT plans): use --precision fp16.")
     say = progress or (lambda _msg: None)
-    if conversion not in ("segflow", "modelopt", "auto"):
-        raise InputError(f"conversion {conversion!r} is unknown: choose one of segflow, modelopt, auto.")
+    if conversion not in METHODS:
+        raise InputError(f"conversion {conversion!r} is unknown: choose one of {', '.join(METHODS)}.")
     _require_file(onnx_path)
     engine = resolve_engine(onnx_path)
     if engine.format != "onnx":

@@ -29,7 +29,7 @@ import numpy as np
 from numpy.typing import NDArray
 from segflow.runtime.blend import accumulate, blend_weights
 from segflow.runtime.sampling import FlowSDFSampler, SamplerStats, flowsdf_sample, tile_noise
-from segflow.runtime.session import Cancelled, Segmentation, Segmenter, call_seed
+from segflow.runtime.session import Cancelled, Segmentation, Segmenter, call_seed, check_backend
 from segflow.runtime.tiling import extract_tile, plan_tiles
 
 from segflow.card import resolve_engine
@@ -190,8 +190,6 @@ class DeviceSegmenter(Segmenter):
         return {**super().backend_info, "device_resident": self.device_resident, "array_module": self.xp.__name__,
                 "noise": self.noise if self.device_resident else "host"}
 
-    _splits_threads = False  # one group of tiles at a time, every thread in each call
-
     def _cpu_expected(self, backend: str) -> bool:
         """Never split the threads into tile workers: the device loop runs one group of tiles at a time."""
         return False
@@ -291,8 +289,7 @@ def open_segmenter(engine: str | Path, *, backend: str = "auto", cuda_graph: boo
     """
     from segflow.runtime.backends.onnxrt import CudaProviderError, available_providers, cuda_failure, fall_back_to_cpu
 
-    if backend not in ("auto", "cpu", "cuda", "tensorrt"):
-        raise InputError(f"backend {backend!r} is unknown: choose auto, cpu, cuda or tensorrt.")
+    check_backend(backend)
     paths = resolve_engine(engine)
     if backend == "tensorrt" and paths.format != "plan":
         raise InputError(f"--backend tensorrt needs a TensorRT plan but {paths.field} is not one: build it with "

@@ -108,6 +108,15 @@ def iter_tiles(image: NDArray, plan: list[Tile]) -> Iterator[tuple[Tile, NDArray
         yield tile, extract_tile(image, tile)
 
 
+BACKENDS = ("auto", "cpu", "cuda", "tensorrt")
+
+
+def check_backend(backend: str) -> None:
+    """One sentence for a backend name that is not one of :data:`BACKENDS`."""
+    if backend not in BACKENDS:
+        raise InputError(f"backend {backend!r} is unknown: choose auto, cpu, cuda or tensorrt.")
+
+
 def call_seed(seed: int) -> int:
     """A per-call noise seed, checked: an integer of 0 or more (numpy's seeding refuses negative ones)."""
     value = int(seed)
@@ -171,8 +180,6 @@ class Segmenter:
     improve throughput only when one call cannot use all cores.
     """
 
-    _splits_threads = True  # on ONNX Runtime's CPU provider, threads split into tile workers
-
     def __init__(self, engine: str | Path, *, backend: str = "auto", samples: int | None = None,
                  steps: int | None = None, method: str | None = None, stride: int | None = None, seed: int = 0,
                  noise_iterations: int = 0, renoise_t: float = 0.5, blend: str = "gaussian",
@@ -225,7 +232,7 @@ class Segmenter:
         cpu_workers = min(int(tile_workers), total) if tile_workers else total
         workers = cpu_workers if self._cpu_expected(backend) else 1
         self._field, self._encoder = self._open_backends(backend, max(1, total // workers))
-        if workers == 1 < cpu_workers and backend == "auto" and self._splits_threads and self._on_cpu() \
+        if workers == 1 < cpu_workers and backend == "auto" and self._cpu_expected("cpu") and self._on_cpu() \
                 and onnxrt.cuda_failure() is not None:
             # the CUDA provider did not start (ONNX Runtime fell back to the CPU, and said why): split the
             # threads into tile workers as a CPU run does; the reopened sessions do not try CUDA again
@@ -300,8 +307,7 @@ class Segmenter:
         return bool(providers) and providers[0] == "CPUExecutionProvider"
 
     def _open_backends(self, backend: str, threads: int | None) -> tuple[Any, Any]:
-        if backend not in ("auto", "cpu", "cuda", "tensorrt"):
-            raise InputError(f"backend {backend!r} is unknown: choose auto, cpu, cuda or tensorrt.")
+        check_backend(backend)
         if self.paths.format == "plan" or backend == "tensorrt":
             kind, opts = "tensorrt", {}
         else:

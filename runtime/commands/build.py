@@ -49,7 +49,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                         "TensorRT version and GPU, else rewritten)")
     p.add_argument("--builder", default=None, choices=("auto", "tensorrt", "tensorrt_rtx"),
                    help="library to build with (default: whichever is installed, full TensorRT first)")
-    p.add_argument("--conversion", default="segflow", choices=("segflow", "modelopt", "auto"),
+    p.add_argument("--conversion", default="segflow", choices=("segflow", "modelopt", "auto"),  # autocast.METHODS
                    help="fp16/bf16 ONNX conversion: segflow's cast pass (default), NVIDIA ModelOpt AutoCast, or "
                         "auto (ModelOpt if installed, else segflow's)")
     p.add_argument("--compute-capability", default=None, metavar="CC[,CC...]",
