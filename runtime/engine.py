@@ -50,7 +50,7 @@ from segflow.runtime.trtlib import (
 from segflow import __version__
 from segflow.card import ModelCard, card_from_onnx, resolve_engine
 from segflow.errors import BackendError, InputError, ModelCardError, require_onnxruntime
-from segflow.imageio import default_file_mode
+from segflow.imageio import default_file_mode, make_stage, remove_stale_stages
 
 __all__ = ["parse_batch", "parse_bytes", "profile_shapes", "build_plan", "build_engine", "BuildResult",
            "convert_engine", "ConvertResult", "sample_feeds", "DEFAULT_BATCH", "DEFAULT_WORKSPACE"]
@@ -143,11 +143,16 @@ def _atomic_write(path: Path, data: bytes) -> None:
         raise
 
 
+STAGE_PREFIX = ".segflow-build-"
+
+
 @contextlib.contextmanager
-def staged_outputs(folder: Path) -> Iterator[Path]:
+def staged_outputs(folder: Path, progress: Callable[[str], None] | None = None) -> Iterator[Path]:
     """A hidden staging folder inside ``folder`` (created with its parents if missing) for outputs written
     all or nothing: the caller moves its files into ``folder`` once all of them exist. On any failure,
-    interruption included, the staging folder and the folders created here are removed again."""
+    interruption included, the staging folder and the folders created here are removed again. Staging
+    folders that killed builds left in ``folder`` are removed first (``progress`` is told of each)."""
+    remove_stale_stages(folder, STAGE_PREFIX + "*", progress or (lambda _msg: None))
     created = []
     p = folder.absolute()
     while not p.exists():
@@ -157,7 +162,7 @@ def staged_outputs(folder: Path) -> Iterator[Path]:
     try:
         try:
             folder.mkdir(parents=True, exist_ok=True)
-            stage = Path(tempfile.mkdtemp(prefix=".segflow-build-", dir=folder))
+            stage = make_stage(folder, STAGE_PREFIX)
         except OSError as exc:
             raise InputError(f"cannot write to the output folder {folder} ({exc.strerror or exc}): choose a "
                              f"writable --out or fix the folder's permissions.") from exc
@@ -456,7 +461,7 @@ def build_engine(onnx_path: str | Path, out_plan: str | Path, *, precision: str 
         raise InputError(f"--timing-cache {timing_cache}: its folder {cache_dir} does not exist; create it or choose "
                          "another file.")
     infos = []
-    with staged_outputs(field_plan.parent) as stage, tempfile.TemporaryDirectory(prefix="segflow-build-") as tmp:
+    with staged_outputs(field_plan.parent, say) as stage, tempfile.TemporaryDirectory(prefix="segflow-build-") as tmp:
         jobs = (("field", engine.field, field_plan, batch),
                 ("encoder", engine.encoder, encoder_plan, encoder_batch or batch))
         feeds = sample_feeds(engine, card) if precision != "fp32" and conversion_method(conversion) == "modelopt" \
@@ -586,7 +591,7 @@ def convert_engine(onnx_path: str | Path, out_onnx: str | Path, *, precision: st
         _check_graph(graph)
     card = _card_for(engine)
     graphs = {"field": (engine.field, field), "encoder": (engine.encoder, encoder)}  # role -> (source, output)
-    with staged_outputs(field.parent) as stage:
+    with staged_outputs(field.parent, say) as stage:
         staged = {role: stage / dst.name for role, (_src, dst) in graphs.items()}
         feeds = sample_feeds(engine, card) if check or conversion_method(conversion) == "modelopt" else {}
         for role, (src, _dst) in graphs.items():

@@ -27,8 +27,8 @@ import bisect
 import math
 import os
 import shutil
-import tempfile
 import time
+import warnings
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -44,7 +44,7 @@ from segflow.runtime.tiling import Tile, axis_starts, pad_to_tile
 from segflow.runtime.tissue import thumbnail, tissue_mask
 
 from segflow.errors import InputError, require
-from segflow.imageio import write_json
+from segflow.imageio import make_stage, remove_stale_stages, write_json
 from segflow.normalize import as_channels, norm_stats
 
 __all__ = ["SlideOptions", "SlideSegmentation", "segment_slide", "parse_roi", "wants_slide",
@@ -402,7 +402,8 @@ def segment_slide(seg: Any, reader: SlideReader, out_dir: str | Path, *, name: s
     out = Path(out_dir)
     _check_writable(out)
     name = name or Path(reader.path).name.split(".")[0]
-    tmp = tempfile.mkdtemp(prefix=f".{name}.wsi-", dir=out)
+    remove_stale_stages(out, ".*.wsi-*", lambda msg: warnings.warn(msg, stacklevel=2))  # left by killed runs
+    tmp = str(make_stage(out, f".{name}.wsi-"))
     try:
         run = _open_run(seg, reader, opts, tmp, progress, cancel, create=True)
         for blk in run.blocks():

@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
+import socket
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -16,6 +18,55 @@ from numpy.typing import NDArray
 from segflow.errors import InputError
 
 IMAGE_SUFFIXES = (".tif", ".tiff", ".png", ".jpg", ".jpeg", ".bmp")
+
+
+STAGE_OWNER = "owner.json"  # in each staging folder: the host and process that made it
+
+
+def make_stage(folder: str | Path, prefix: str) -> Path:
+    """A new hidden staging folder ``folder/PREFIX*`` that records its host and process, so that a later run can
+    tell it was left by a killed run (:func:`remove_stale_stages`)."""
+    stage = Path(tempfile.mkdtemp(prefix=prefix, dir=folder))
+    try:
+        (stage / STAGE_OWNER).write_text(json.dumps({"host": socket.gethostname(), "pid": os.getpid()}))
+    except BaseException:
+        shutil.rmtree(stage, ignore_errors=True)
+        raise
+    return stage
+
+
+def _process_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except (PermissionError, OverflowError, ValueError):  # another user's process, or a pid this OS cannot hold
+        return True
+    return True
+
+
+def remove_stale_stages(folder: str | Path, pattern: str, say: Callable[[str], None]) -> None:
+    """Remove the staging folders ``folder/PATTERN`` made by :func:`make_stage` on this host whose process is gone.
+
+    A SIGKILL (the kernel's out-of-memory killer, a scheduler's hard stop) or a power cut skips a run's cleanup,
+    and its staging folder can hold full-size plans or slide-size maps. Folders of live processes, of other hosts
+    (a shared disk) and without a readable owner record are left alone; ``say`` is told of each removal.
+    """
+    folder = Path(folder)
+    if not folder.is_dir():
+        return
+    host = socket.gethostname()
+    for stage in sorted(folder.glob(pattern)):
+        try:
+            owner = json.loads((stage / STAGE_OWNER).read_text())
+            pid = owner["pid"]
+            if owner["host"] != host or not isinstance(pid, int) or pid <= 0 or _process_alive(pid):
+                continue
+        except (OSError, ValueError, KeyError, TypeError):
+            continue
+        shutil.rmtree(stage, ignore_errors=True)
+        if not stage.exists():
+            say(f"removed {stage}, left by an interrupted run (process {pid})")
 
 
 def read_image(path: str | Path) -> NDArray:

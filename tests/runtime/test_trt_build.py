@@ -549,3 +549,34 @@ def test_one_logger_per_library_even_when_modules_alternate():
     first = trt_logger(a)
     assert trt_logger(b) is not first and trt_logger(a) is first  # a's logger survives b's use
     assert trt_logger(a, "VERBOSE").min_severity == a.Logger.VERBOSE  # the level follows each use
+
+
+def test_a_killed_builds_staging_folder_is_removed_by_the_next_build(tmp_path):
+    """A SIGKILL skips staged_outputs' cleanup; the next build into that folder removes what the dead process
+    left, and leaves a live build's, another host's and an unrecorded staging folder alone."""
+    import json
+    import os
+    import socket
+    import subprocess
+    import sys
+
+    def stage(name, owner):
+        d = tmp_path / (eng.STAGE_PREFIX + name)
+        d.mkdir()
+        (d / "f.plan").write_bytes(b"x" * 100)
+        if owner is not None:
+            (d / "owner.json").write_text(json.dumps(owner))
+        return d
+
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    host = socket.gethostname()
+    killed = stage("killed", {"host": host, "pid": int(dead.stdout)})
+    live = stage("live", {"host": host, "pid": os.getpid()})
+    elsewhere = stage("elsewhere", {"host": host + "-other", "pid": int(dead.stdout)})
+    unrecorded = stage("unrecorded", None)
+    said = []
+    with eng.staged_outputs(tmp_path, said.append) as new:
+        assert json.loads((new / "owner.json").read_text()) == {"host": host, "pid": os.getpid()}
+    assert not killed.exists() and live.exists() and elsewhere.exists() and unrecorded.exists()
+    assert said == [f"removed {killed}, left by an interrupted run (process {int(dead.stdout)})"]
+    assert not new.exists()
