@@ -42,7 +42,10 @@ def _process_alive(pid: int) -> bool:
         return False
     except (PermissionError, OverflowError, ValueError):  # another user's process, or a pid this OS cannot hold
         return True
-    return True
+    try:  # Linux: a killed process whose parent has not reaped it yet (a zombie) answers signal 0 too
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except (OSError, IndexError):
+        return True
 
 
 def remove_stale_stages(folder: str | Path, pattern: str, say: Callable[[str], None]) -> None:

@@ -559,6 +559,7 @@ def test_a_killed_builds_staging_folder_is_removed_by_the_next_build(tmp_path):
     import socket
     import subprocess
     import sys
+    import time
 
     def stage(name, owner):
         d = tmp_path / (eng.STAGE_PREFIX + name)
@@ -571,12 +572,19 @@ def test_a_killed_builds_staging_folder_is_removed_by_the_next_build(tmp_path):
     dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
     host = socket.gethostname()
     killed = stage("killed", {"host": host, "pid": int(dead.stdout)})
+    child = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    child.kill()
+    while Path(f"/proc/{child.pid}/stat").exists() and Path(f"/proc/{child.pid}/stat").read_text().split()[2] != "Z":
+        time.sleep(0.01)  # killed but not yet reaped: signal 0 still reaches it
+    zombie = stage("zombie", {"host": host, "pid": child.pid})
     live = stage("live", {"host": host, "pid": os.getpid()})
     elsewhere = stage("elsewhere", {"host": host + "-other", "pid": int(dead.stdout)})
     unrecorded = stage("unrecorded", None)
     said = []
     with eng.staged_outputs(tmp_path, said.append) as new:
         assert json.loads((new / "owner.json").read_text()) == {"host": host, "pid": os.getpid()}
+    child.wait()
     assert not killed.exists() and live.exists() and elsewhere.exists() and unrecorded.exists()
-    assert said == [f"removed {killed}, left by an interrupted run (process {int(dead.stdout)})"]
+    assert said == [f"removed {killed}, left by an interrupted run (process {int(dead.stdout)})",
+                    f"removed {zombie}, left by an interrupted run (process {child.pid})"]
     assert not new.exists()
