@@ -271,29 +271,48 @@ class Segmenter:
             self.close()  # an image's last field call can hold one sample, and its last encoder call one tile
             raise InputError(f"engine {self.paths.field} was built for batches of at least "
                              f"{max(self._field.min_batch, self._encoder.min_batch)}, but an image's last call can "
-                             f"hold a single sample: rebuild it with MIN 1, {self._rebuild_hint(field_max or 1)}.")
+                             f"hold a single sample: rebuild it with MIN 1, "
+                             f"{self._rebuild_hint(field_max or 1, settings.samples)}.")
         cap = min(field_max or settings.batch, (enc_max or settings.batch) * settings.samples)
         if cap < 1:
             self.close()
             raise InputError(f"engine {self.paths.field} accepts no batch of one: rebuild it with "
-                             f"{self._rebuild_hint(1)}.")
+                             f"{self._rebuild_hint(1, settings.samples)}.")
         if settings.batch <= cap:
             return settings
         if explicit:
             self.close()
+            why = f"{cap}" if field_max is not None and cap == field_max else \
+                f"{cap} = the {enc_max} tiles per call of its encoder plan {self.paths.encoder} x K={settings.samples}"
             raise InputError(f"--batch-size {settings.batch} exceeds the largest batch engine {self.paths.field} "
-                             f"was built for ({cap}): lower it or rebuild with {self._rebuild_hint(settings.batch)}.")
+                             f"was built for ({why}): lower it or rebuild with "
+                             f"{self._rebuild_hint(settings.batch, settings.samples)}.")
         return replace(settings, batch=cap)
 
-    def _rebuild_hint(self, largest: int) -> str:
-        """The ``runtime build`` command for plans whose field calls take up to ``largest`` samples."""
+    def _rebuild_hint(self, largest: int, samples: int) -> str:
+        """The ``runtime build`` command for plans whose field calls take up to ``largest`` samples and whose
+        encoder calls take the ``largest // samples`` tiles those hold (ranges already wide enough are kept)."""
         from segflow.runtime.trtlib import plan_batch, rebuild_hint
 
+        def widened(backend: Any, need: int) -> tuple[int, int, int] | None:
+            info = getattr(backend, "info", None)
+            built = plan_batch(info) if info is not None else None
+            top = getattr(backend, "max_batch", None)
+            if built is None:
+                return (1, min(16, need), need) if top is None or top < need else None
+            return (1, max(1, min(built[1], need)), max(built[2], need))
+
+        field = widened(self._field, largest) or (1, min(16, largest), largest)
+        enc_max = getattr(self._encoder, "max_batch", None)
+        need = max(1, largest // samples)
+        encoder = widened(self._encoder, need) if enc_max is not None and enc_max < need else None
         info = getattr(self._field, "info", None)
-        built = plan_batch(info) if info is not None else None
-        if built is None:
-            return f"`runtime build --onnx NAME.onnx --out {self.paths.field} --batch 1:{min(16, largest)}:{largest}`"
-        return rebuild_hint(self.paths.field, info=info, batch=(1, max(1, min(built[1], largest)), largest))
+        if info is None or plan_batch(info) is None:
+            flags = f" --batch {':'.join(map(str, field))}"
+            if encoder is not None and encoder != field:
+                flags += f" --encoder-batch {':'.join(map(str, encoder))}"
+            return f"`runtime build --onnx NAME.onnx --out {self.paths.field}{flags}`"
+        return rebuild_hint(self.paths.field, info=info, batch=field, partner_batch=encoder)
 
     def _cpu_expected(self, backend: str) -> bool:
         """Whether the graphs will run on ONNX Runtime's CPU provider (decides the thread split before opening)."""

@@ -286,13 +286,14 @@ def plan_batch(info: PlanInfo) -> tuple[int, int, int] | None:
 
 
 def rebuild_hint(plan: str | Path, extra: str = "", info: PlanInfo | None = None, *, library: str | None = None,
-                 batch: tuple[int, int, int] | None = None) -> str:
+                 batch: tuple[int, int, int] | None = None,
+                 partner_batch: tuple[int, int, int] | None = None) -> str:
     """The ``runtime build`` command that rebuilds ``plan`` (and its partner plan) here, ``extra`` flags appended.
 
     With the plan's build record ``info`` it repeats what the build was given: the source graph (its path while
     it exists), precision, library (``library`` overrides it: the one this machine has), RTX targets and both
-    batch ranges (the partner plan's from its own record; ``batch`` overrides this plan's); without a record, it
-    guesses the graph's name from the plan's.
+    batch ranges (the partner plan's from its own record; ``batch`` overrides this plan's, ``partner_batch`` the
+    partner's); without a record, it guesses the graph's name from the plan's.
     """
     p = Path(plan)
     encoder = p.name.endswith(".encoder.plan")
@@ -314,6 +315,8 @@ def rebuild_hint(plan: str | Path, extra: str = "", info: PlanInfo | None = None
             ranges["field" if encoder else "encoder"] = plan_batch(PlanInfo.read(partner))
         except ModelCardError:
             pass
+    if partner_batch is not None:
+        ranges["field" if encoder else "encoder"] = partner_batch
     ranges = {k: None if r is None else (1, *r[1:]) for k, r in ranges.items()}  # MIN 1: what builds accept now
     if ranges.get("field") is not None:
         flags.append(f"--batch {':'.join(map(str, ranges['field']))}")

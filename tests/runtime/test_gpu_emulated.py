@@ -552,6 +552,23 @@ def test_a_batch_size_beyond_the_plans_profile_names_the_rebuild(plan, cp, trt):
         gpu.open_segmenter(plan, threads=1, **{**KW, "batch_size": 13})
 
 
+def test_a_batch_size_the_encoder_plan_limits_names_the_encoder_and_widens_its_range(blur_copy, cp, trt):
+    """A field plan that takes 6 samples but an encoder plan that takes 3 tiles: at K=1 a batch of 6 needs 6
+    tiles per encoder call, so the hint must widen --encoder-batch (repeating the same ranges fixed nothing)."""
+    from segflow.runtime import gpu
+
+    plan = eng.build_engine(blur_copy, blur_copy.with_suffix(".plan"), precision="fp32", batch=(1, 4, 6),
+                            encoder_batch=(1, 2, 3)).field
+    with pytest.raises(InputError, match=r"--batch-size 6 exceeds the largest batch engine \S*blur.plan was built "
+                                         r"for \(3 = the 3 tiles per call of its encoder plan \S*blur.encoder.plan x "
+                                         r"K=1\): lower it or rebuild with `runtime build --onnx "
+                                         r"\S*blur.onnx --out \S*blur.plan --precision fp32 --builder tensorrt "
+                                         r"--batch 1:4:6 --encoder-batch 1:2:6`\.$"):
+        gpu.open_segmenter(plan, threads=1, **{**KW, "samples": 1, "batch_size": 6})
+    with gpu.open_segmenter(plan, threads=1, **{**KW, "samples": 2, "batch_size": 6}) as seg:
+        assert seg.settings.batch == 6  # 3 tiles x K=2 per encoder call: within both plans
+
+
 @pytest.mark.parametrize("own_streams", [False, True])
 def test_one_device_segmenter_called_from_several_threads_gives_the_sequential_results(plan, cp, trt, own_streams):
     """The Segmenter's documented thread safety holds on a plan: the backend reuses its output buffers per
