@@ -231,6 +231,7 @@ class DeviceSegmenter(Segmenter):
         wsum = xp.zeros(img.shape[:2], dtype=xp.float64)
         weights = xp.asarray(blend_weights(self.card.tile, self.blend))
         sstats, group = SamplerStats(), self.sampler.tiles_per_group()
+        t_loop = time.perf_counter()
         for lo in range(0, len(plan), group):
             if cancel is not None and cancel():
                 raise Cancelled("segmentation was cancelled by the caller; nothing was kept.")
@@ -241,13 +242,15 @@ class DeviceSegmenter(Segmenter):
                 accumulate(acc, wsum, tile, values, weights)
             if progress is not None:
                 progress(lo + len(chunk), len(plan))
+        xp.cuda.get_current_stream().synchronize()  # the last group's work counts as sampling, not as blending
         t0 = time.perf_counter()
+        t_sampling = t0 - t_loop  # tiles cut and normalised on the host, the samples and their (on-device) blend
         sample_dev = (acc / wsum).astype(xp.float32)
         maps = [to_host(a) for a in (sample_dev, *reduce_samples(sample_dev, self.card.threshold, xp))]
         t_reduce = time.perf_counter() - t0
         result = self._finish_maps(*maps, seed=seed)
-        timings = {"normalise_s": t_norm, "encoder_s": sstats.encoder_s, "field_s": sstats.field_s,
-                   "blend_s": t_reduce, **result.pop("timings"), "tiles": len(plan),
+        timings = {"normalise_s": t_norm, "sampling_s": t_sampling, "encoder_s": sstats.encoder_s,
+                   "field_s": sstats.field_s, "blend_s": t_reduce, **result.pop("timings"), "tiles": len(plan),
                    "encoder_tiles": sstats.encoder_tiles, "field_calls": sstats.field_calls,
                    "sample_evaluations": sstats.sample_evals, "total_s": time.perf_counter() - t_start}
         return Segmentation(sample_sdfs=maps[0], timings=timings, **result)

@@ -452,6 +452,7 @@ def test_device_segmenter_on_a_plan_matches_cpu(plan, cp, trt, cpu_result, monke
     np.testing.assert_allclose(got.std, cpu_result.std, atol=1e-5)
     np.testing.assert_array_equal(got.labels, cpu_result.labels)
     assert got.timings["sample_evaluations"] == cpu_result.timings["sample_evaluations"]
+    assert set(got.timings) == set(cpu_result.timings)  # the same documented fields (sampling_s was missing)
 
 
 def test_device_noise_on_a_plan_stays_on_the_device_and_repeats(plan, cp, trt, cpu_result, monkeypatch):
