@@ -50,7 +50,7 @@ from segflow.runtime.trtlib import (
 from segflow import __version__
 from segflow.card import ModelCard, card_from_onnx, resolve_engine
 from segflow.errors import BackendError, InputError, ModelCardError, require_onnxruntime
-from segflow.imageio import default_file_mode, make_stage, remove_stale_stages
+from segflow.imageio import STAGE_OWNER, default_file_mode, make_stage, remove_stale_stages
 
 __all__ = ["parse_batch", "parse_bytes", "profile_shapes", "build_plan", "build_engine", "BuildResult",
            "convert_engine", "ConvertResult", "sample_feeds", "DEFAULT_BATCH", "DEFAULT_WORKSPACE"]
@@ -608,6 +608,6 @@ def convert_engine(onnx_path: str | Path, out_onnx: str | Path, *, precision: st
                                    f"{'segflow' if used == 'modelopt' else 'modelopt'}, or keep fp32.") from exc
         (stage / card_path.name).write_text(json.dumps(card.to_dict(), indent=1, sort_keys=True))
         # the graphs (and any external-data files) and the card, all or nothing; the field graph last
-        names = sorted((f.name for f in stage.iterdir()), key=lambda n: n == field.name)
+        names = sorted((f.name for f in stage.iterdir() if f.name != STAGE_OWNER), key=lambda n: n == field.name)
         _publish(stage, field.parent, names)
     return ConvertResult(field, encoder, card_path, used, errors)

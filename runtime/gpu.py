@@ -242,7 +242,8 @@ class DeviceSegmenter(Segmenter):
                 accumulate(acc, wsum, tile, values, weights)
             if progress is not None:
                 progress(lo + len(chunk), len(plan))
-        xp.cuda.get_current_stream().synchronize()  # the last group's work counts as sampling, not as blending
+        if xp is not np:  # the last group's device work counts as sampling, not as blending
+            xp.cuda.get_current_stream().synchronize()
         t0 = time.perf_counter()
         t_sampling = t0 - t_loop  # tiles cut and normalised on the host, the samples and their (on-device) blend
         sample_dev = (acc / wsum).astype(xp.float32)

@@ -20,7 +20,7 @@ from segflow.errors import InputError
 IMAGE_SUFFIXES = (".tif", ".tiff", ".png", ".jpg", ".jpeg", ".bmp")
 
 
-STAGE_OWNER = "owner.json"  # in each staging folder: the host and process that made it
+STAGE_OWNER = ".segflow-owner.json"  # in each staging folder: the host and process that made it
 
 
 def make_stage(folder: str | Path, prefix: str) -> Path:

@@ -18,7 +18,8 @@ deserialisation. Inference uses the name-based API (``set_input_shape``, ``set_t
   the library captures and replays per shape itself (``IRuntimeConfig.cuda_graph_strategy =
   WHOLE_GRAPH_CAPTURE``): application stream capture of an RTX plan needs plans built with
   ``REQUIRE_USER_ALLOCATION`` and does not mix with its just-in-time, shape-specialised kernels. If capture
-  fails the backend warns and falls back to plain launches.
+  fails the backend warns and falls back to plain launches. Per-shape state (output buffers; in graph modes
+  also the fixed inputs, graphs and contexts) is kept for the ``GRAPH_SIGNATURES`` most recent shapes.
 * TensorRT-RTX compiles its kernels for the GPU at first use (just in time). The backend keeps them in a
   runtime cache file, ``NAME.plan.rtcache`` beside the plan, or under ``$XDG_CACHE_HOME/segflow`` (default
   ``~/.cache/segflow``) when the plan's folder is read-only: loaded when the execution context is created, saved
@@ -32,6 +33,7 @@ from __future__ import annotations
 import hashlib
 import os
 import warnings
+from collections import OrderedDict
 from pathlib import Path
 from typing import Any
 
@@ -52,6 +54,11 @@ from segflow.errors import BackendError, ModelCardError, require_cupy
 from segflow.imageio import atomic_path
 
 __all__ = ["TensorRTBackend", "check_profile", "validity_error", "runtime_cache_path", "preflight"]
+
+#: Input-shape signatures a backend keeps device state for (output buffers; with CUDA graphs also the fixed
+#: input buffers, the graph and its context), least recently used dropped first. A run of one image size uses
+#: two per plan (full batches and the remainder); more keep a few sizes warm.
+GRAPH_SIGNATURES = 4
 
 
 def runtime_cache_path(plan: str | Path) -> Path:
@@ -142,11 +149,12 @@ class TensorRTBackend(Backend):
         self._inputs: dict[str, TensorMeta] = {}
         self._outputs: dict[str, TensorMeta] = {}
         self._profile: dict[str, tuple[tuple[int, ...], tuple[int, ...]]] = {}
-        self._out_buffers: dict[tuple, Any] = {}  # (output name, shape) -> reused device buffer
+        self._out_buffers: OrderedDict[tuple, Any] = OrderedDict()  # (output name, shape) -> reused device buffer
         self.graph_mode: str | None = None  # "capture" (segflow captures) or "tensorrt_rtx" (the library does)
         self._graphs: dict[tuple, tuple[Any, dict[str, Any]]] = {}  # signature -> (graph, its output buffers)
         self._contexts: dict[tuple, Any] = {}  # signature -> its own execution context ("capture" mode)
-        self._static: dict[tuple, dict[str, Any]] = {}  # signature -> fixed input buffers (graph modes)
+        # signature -> fixed input buffers (graph modes), least recently used first; at most GRAPH_SIGNATURES
+        self._static: OrderedDict[tuple, dict[str, Any]] = OrderedDict()
         self._config: Any = None  # TensorRT-RTX runtime configuration
         self._scratch: Any = None  # activation memory shared by the contexts ("capture" mode)
         self._keep: list[Any] = []
@@ -317,7 +325,12 @@ class TensorRTBackend(Backend):
         for name, meta in self._outputs.items():
             shape = tuple(int(d) for d in ctx.get_tensor_shape(name))
             buf = self._out_buffers.get((name, shape))
-            if buf is None:
+            if buf is not None:
+                self._out_buffers.move_to_end((name, shape))
+            else:
+                if len(self._out_buffers) >= GRAPH_SIGNATURES * len(self._outputs):
+                    self.stream.synchronize()  # no queued work may still write the buffer about to be freed
+                    self._out_buffers.popitem(last=False)
                 with self.stream:
                     buf = self._out_buffers[(name, shape)] = cp.empty(shape, dtype=meta.dtype)
             self._address(ctx, name, buf)
@@ -335,6 +348,10 @@ class TensorRTBackend(Backend):
             return self._run(self.context, inputs)
         key = tuple((n, tuple(a.shape)) for n, a in sorted(inputs.items()))
         static = self._static.get(key)
+        if static is None:
+            self._forget_signatures(GRAPH_SIGNATURES - 1)
+        else:
+            self._static.move_to_end(key)
         with self.stream:  # fixed addresses per signature, as a graph needs; ordered before the run on the stream
             if static is None:
                 static = self._static[key] = {n: a.copy() for n, a in inputs.items()}
@@ -359,6 +376,18 @@ class TensorRTBackend(Backend):
         graph, outs = captured
         graph.launch(self.stream)
         return outs
+
+    def _forget_signatures(self, keep: int) -> None:
+        """Drop the least recently used signatures' buffers, graphs and contexts until ``keep`` are left: every
+        image size has its own remainder batch, and a long-lived backend would otherwise hold a graph, a context
+        and input/output buffers for each one it ever saw."""
+        if len(self._static) <= keep:
+            return
+        self.stream.synchronize()  # nothing queued may still read the buffers about to be freed
+        while len(self._static) > keep:
+            key, _buffers = self._static.popitem(last=False)
+            self._graphs.pop(key, None)
+            self._contexts.pop(key, None)
 
     def _capture(self, ctx: Any, static: dict[str, Any]) -> tuple[Any, dict[str, Any]] | None:
         """Capture one ``execute_async_v3`` of ``ctx`` on the fixed buffers; None (plain launches from now on)

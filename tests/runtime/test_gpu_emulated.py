@@ -305,6 +305,28 @@ def test_tensorrt_cuda_graphs_for_alternating_shapes(plan, cp, trt, models_meta)
     assert cp.stats["captures"] == 2 and cp.stats["graph_launches"] == 4 and trt.executions == 6
 
 
+@pytest.mark.parametrize("cuda_graph", [False, True])
+def test_tensorrt_keeps_device_state_for_a_few_shapes_only(plan, cp, trt, models_meta, cuda_graph):
+    """Every image size has its own remainder batch: a long-lived backend keeps buffers (and graphs, contexts)
+    for the GRAPH_SIGNATURES most recently used shapes, not for every shape it ever saw, and a shape whose state
+    was dropped runs correctly again (warm-up, then a new capture)."""
+    from segflow.runtime.backends.tensorrt import GRAPH_SIGNATURES, TensorRTBackend
+
+    sizes = [*range(1, 9), 1, 2]
+    with TensorRTBackend(plan, cuda_graph=cuda_graph) as b:
+        for i, n in enumerate(sizes):
+            for _ in range(2):  # graph mode: warm-up, then capture
+                f = _feed(n, np.random.default_rng(i))
+                out = b.infer({k: cp.asarray(v) for k, v in f.items()}, to_host=False)["out"]
+                np.testing.assert_allclose(cp.asnumpy(out), _reference(models_meta, f), atol=1e-5)
+            assert len(b._out_buffers) <= GRAPH_SIGNATURES
+            assert len(b._static) <= GRAPH_SIGNATURES and len(b._graphs) <= GRAPH_SIGNATURES
+            assert len(b._contexts) <= GRAPH_SIGNATURES
+        if cuda_graph:
+            assert [k[0][1][0] for k in b._static] == [6, 7, 8, 1, 2][-GRAPH_SIGNATURES:]  # ("features", shape)
+    assert cp.stats["captures"] == (len(sizes) if cuda_graph else 0)  # 1 and 2 were dropped, then captured anew
+
+
 def test_fake_tensorrt_activation_memory_contract(plan, cp, trt, models_meta):
     """What the shared-activation test relies on: the fake library allocates for a STATIC context, refuses to
     run a USER_MANAGED one without memory, flags memory that is too small, and every run writes its

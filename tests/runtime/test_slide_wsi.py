@@ -161,7 +161,7 @@ def test_a_killed_runs_staging_folder_is_removed(seg, image, tmp_path):
     for name, pid in (("killed", dead), ("live", os.getpid())):
         stage = tmp_path / f".{name}.wsi-abc"
         (stage / "maps.zarr").mkdir(parents=True)
-        (stage / "owner.json").write_text(json.dumps({"host": socket.gethostname(), "pid": pid}))
+        (stage / ".segflow-owner.json").write_text(json.dumps({"host": socket.gethostname(), "pid": pid}))
     with pytest.warns(UserWarning, match=f"removed {tmp_path / '.killed.wsi-abc'}, left by an interrupted run "
                                          f"\\(process {dead}\\)"):
         segment_slide(seg, ArrayReader(image, name="c"), tmp_path, options=SlideOptions(block=80, tissue=False))

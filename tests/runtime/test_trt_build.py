@@ -566,7 +566,7 @@ def test_a_killed_builds_staging_folder_is_removed_by_the_next_build(tmp_path):
         d.mkdir()
         (d / "f.plan").write_bytes(b"x" * 100)
         if owner is not None:
-            (d / "owner.json").write_text(json.dumps(owner))
+            (d / ".segflow-owner.json").write_text(json.dumps(owner))
         return d
 
     dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
@@ -582,7 +582,7 @@ def test_a_killed_builds_staging_folder_is_removed_by_the_next_build(tmp_path):
     unrecorded = stage("unrecorded", None)
     said = []
     with eng.staged_outputs(tmp_path, said.append) as new:
-        assert json.loads((new / "owner.json").read_text()) == {"host": host, "pid": os.getpid()}
+        assert json.loads((new / ".segflow-owner.json").read_text()) == {"host": host, "pid": os.getpid()}
     child.wait()
     assert not killed.exists() and live.exists() and elsewhere.exists() and unrecorded.exists()
     assert said == [f"removed {killed}, left by an interrupted run (process {int(dead.stdout)})",
