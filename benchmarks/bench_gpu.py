@@ -290,12 +290,19 @@ def main(argv: list[str] | None = None) -> int:
         # fp16: the graph converted by the runtime's cast pass (what `runtime build --precision fp16` feeds
         # TensorRT), run by ONNX Runtime — the fast path where no TensorRT library can be installed
         runs = [(f"{target.ort_label}_fp32", tmp / "net.onnx", {}, True),
-                (f"{target.ort_label}_fp32_device_noise", tmp / "net.onnx", {"noise": "device"}, False),
-                (f"{target.ort_label}_fp16", fp16_copy(tmp), {}, True)]
+                (f"{target.ort_label}_fp16", fp16_copy(tmp), {}, True),
+                (f"{target.ort_label}_fp32_device_noise", tmp / "net.onnx", {"noise": "device"}, False)]
         if not args.skip_tensorrt and target.name == "cuda":
             try:
                 from segflow.runtime.engine import build_engine
+                from segflow.runtime.trtlib import gpu_info, import_trt, library_name, rtx_supports
 
+                gpu = gpu_info()
+                if library_name(import_trt()) == "tensorrt_rtx" and gpu is not None \
+                        and not rtx_supports(gpu.compute_capability):  # a build would be refused at load
+                    raise RuntimeError(f"skipped: TensorRT-RTX lists no support for compute capability "
+                                       f"{gpu.compute_capability} ({gpu.name}); scripts/rtx_probe.py records its "
+                                       f"own answer")
                 res = build_engine(tmp / "net.onnx", tmp / "net.plan", precision="fp16", batch=(1, 16, 64),
                                    workspace_bytes=8 << 30)
                 runs.append(("segflow_tensorrt_fp16", res.field, {"cuda_graph": True}, True))
