@@ -92,7 +92,8 @@ def write_ome_pyramid(path: str | Path, source, *, kind: str = "map", mpp: float
     kind : {"labels", "map"}
         How lower levels are made: nearest neighbour (labels) or 2x2 mean (maps, written as float32).
     mpp : float, optional
-        Microns per pixel of level 0, written as OME PhysicalSizeX/Y and TIFF resolution.
+        Microns per pixel of level 0, written as OME PhysicalSizeX/Y (level 0) and as each level's TIFF
+        resolution (level ``i``: ``mpp * 2**i`` microns per pixel, in pixels per centimetre).
     tile : int
         Tile side (a multiple of 16).
     compression : str
@@ -127,14 +128,28 @@ def write_ome_pyramid(path: str | Path, source, *, kind: str = "map", mpp: float
     opts: dict = {"tile": (tile, tile), "compression": compression, "dtype": dtype}
     if mpp:
         meta.update(PhysicalSizeX=mpp, PhysicalSizeY=mpp, PhysicalSizeXUnit="µm", PhysicalSizeYUnit="µm")
-        opts.update(resolution=(1e4 / mpp, 1e4 / mpp), resolutionunit="CENTIMETER")
+        opts["resolutionunit"] = "CENTIMETER"
     with atomic_path(p) as tmp, tempfile.TemporaryDirectory(dir=p.parent, prefix=".pyramid.") as tmpdir:
         with tifffile.TiffWriter(tmp, bigtiff=True, ome=True) as tw:
             src = source
-            tw.write(_tiles(src, tile, dtype), shape=tuple(src.shape), subifds=n_sub, metadata=meta, **opts)
-            for _ in range(n_sub):
+            tw.write(_tiles(src, tile, dtype), shape=tuple(src.shape), subifds=n_sub, metadata=meta,
+                     **_level_opts(opts, mpp, 0))
+            for i in range(1, n_sub + 1):
                 src = _half(src, kind, tmpdir, in_memory)
-                tw.write(_tiles(src, tile, dtype), shape=tuple(src.shape), subfiletype=1, **opts)
+                tw.write(_tiles(src, tile, dtype), shape=tuple(src.shape), subfiletype=1,
+                         **_level_opts(opts, mpp, i))
+
+
+def _level_opts(opts: dict, mpp: float | None, level: int) -> dict:
+    """``opts`` plus level ``level``'s resolution tags (pixels per cm).
+
+    Level ``i`` samples every ``2**i``-th level-0 pixel (odd sides round the size up, they do not stretch the
+    pixels), so its pixel pitch is exactly ``mpp * 2**i`` on both axes.
+    """
+    if not mpp:
+        return opts
+    ppcm = 1e4 / (mpp * 2**level)
+    return {**opts, "resolution": (ppcm, ppcm)}
 
 
 def _check_writable(folder: Path) -> None:

@@ -23,10 +23,16 @@ from pathlib import Path
 import numpy as np
 from numpy.typing import NDArray
 
-from segflow.errors import InputError, require
+from segflow.errors import InputError, MissingDependency, require
 
 TIFF_SUFFIXES = (".tif", ".tiff", ".svs", ".ndpi", ".scn", ".bif", ".qptiff", ".btf", ".tf8", ".tf2")
 _UNIT_TO_UM = {"µm": 1.0, "um": 1.0, "micron": 1.0, "nm": 1e-3, "mm": 1e3, "cm": 1e4, "m": 1e6, "Å": 1e-4}
+# The oldest releases whose zarr store works together: tifffile < 2025.5.21 hands zarr 3 a store it rejects
+# (TypeError: Unsupported type for store_like), zarr < 3.0.7 rejects the chunks tifffile's store returns
+# (ValueError: only byte dtype allowed; 3.0.7 itself is yanked).
+TIFFFILE_MIN, ZARR_MIN = "2025.5.21", "3.0.8"
+ZARR_FIX = f'pip install -U "tifffile>={TIFFFILE_MIN}" "zarr>={ZARR_MIN}"'
+CODECS_FIX = 'pip install imagecodecs` (part of the wsi extra: `pip install -e ".[wsi]"`'
 
 
 @dataclass(frozen=True)
@@ -84,6 +90,11 @@ class SlideReader:
         except InputError:
             raise
         except Exception as exc:  # noqa: BLE001 - codecs raise many types on damaged data
+            missing = _missing_codec(exc)
+            if missing is not None:
+                raise MissingDependency(
+                    f"slide {self.path} ({self._compression(level) or 'its compression'}) cannot be decoded "
+                    f"without the 'imagecodecs' package ({missing}): run `{CODECS_FIX}).") from exc
             raise InputError(
                 f"slide {self.path} is corrupt or truncated at level {level} near x={x},y={y} "
                 f"({type(exc).__name__}): re-copy or re-export the slide."
@@ -93,6 +104,10 @@ class SlideReader:
     def _read(self, x: int, y: int, w: int, h: int, level: int) -> NDArray:  # pragma: no cover - abstract
         raise NotImplementedError
 
+    def _compression(self, level: int) -> str | None:
+        """Name of the compression of ``level``'s data, when the reader knows it (for error messages)."""
+        return None
+
     def close(self) -> None:
         """Release the file handles."""
 
@@ -101,6 +116,49 @@ class SlideReader:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+def _missing_codec(exc: BaseException | None) -> str | None:
+    """What tifffile said when ``exc`` (or an exception behind it) is a codec that is not installed, else None.
+
+    tifffile decodes zlib, LZMA and PackBits itself and everything else (JPEG, JPEG 2000, LZW, WebP, JPEG XL,
+    Zstandard, ...) through imagecodecs: without it, it raises ``ValueError("<COMPRESSION.JPEG: 7> requires the
+    'imagecodecs' package")`` or, for Zstandard, the ImportError of its fallback module.
+    """
+    seen: set[int] = set()
+    while exc is not None and id(exc) not in seen:
+        seen.add(id(exc))
+        if isinstance(exc, ImportError) or (isinstance(exc, ValueError) and "'imagecodecs'" in str(exc)):
+            return str(exc) or type(exc).__name__
+        exc = exc.__cause__ or exc.__context__
+    return None
+
+
+def _version(text: str) -> tuple[int, ...] | None:
+    """Leading numeric release of a version string ("3.1.7.dev2+g1" -> (3, 1, 7)); None when there is none."""
+    m = re.match(r"\d+(?:\.\d+)*", str(text))
+    return tuple(int(p) for p in m.group(0).split(".")) if m else None
+
+
+def _zarr_mismatch(tifffile, zarr, why: str = "") -> MissingDependency:
+    return MissingDependency(
+        f"reading slides region by region needs tifffile >= {TIFFFILE_MIN} and zarr >= {ZARR_MIN} (older pairs "
+        f"cannot share tifffile's zarr store), but tifffile {tifffile.__version__} and zarr {zarr.__version__} "
+        f"are installed{why}: "
+        f"run `{ZARR_FIX}`."
+    )
+
+
+def require_tiff_zarr():
+    """zarr, once tifffile's zarr store is known to work with it, or :class:`MissingDependency` naming the fix."""
+    import tifffile
+
+    zarr = require("zarr", f'"zarr>={ZARR_MIN}" imagecodecs', "reading slides region by region")
+    for module, low in ((tifffile, TIFFFILE_MIN), (zarr, ZARR_MIN)):
+        have = _version(getattr(module, "__version__", ""))
+        if have is not None and have < _version(low):
+            raise _zarr_mismatch(tifffile, zarr)
+    return zarr
 
 
 def _pyramid_levels(shapes: list[tuple[int, int]], mpp: float | None) -> tuple[Level, ...]:
@@ -133,7 +191,7 @@ class TiffSlide(SlideReader):
     def __init__(self, path: str | Path) -> None:
         import tifffile
 
-        zarr = require("zarr", '"zarr>=3" imagecodecs', "reading slides region by region")
+        zarr = require_tiff_zarr()
         self.path = str(path)
         p = Path(path)
         if not p.is_file():
@@ -163,7 +221,12 @@ class TiffSlide(SlideReader):
             raise InputError(f"slide {self.path} has axes {axes!r}: expected a 2-D (Y, X[, channels]) image.")
         self._axes = axes
         self._check_complete(series)
-        self._arrays = [zarr.open(series.aszarr(level=i), mode="r") for i in range(len(series.levels))]
+        try:
+            self._arrays = [zarr.open(series.aszarr(level=i), mode="r") for i in range(len(series.levels))]
+        except TypeError as exc:  # an older tifffile's store, which zarr 3 does not accept
+            import tifffile
+
+            raise _zarr_mismatch(tifffile, zarr, f" ({exc})") from exc
         shapes = [(lv.shape[axes.index("Y")], lv.shape[axes.index("X")]) for lv in series.levels]
         self.levels = _pyramid_levels(shapes, _tiff_mpp(self._tif))
         ch = [series.shape[axes.index(a)] for a in "SC" if a in axes]
@@ -191,6 +254,12 @@ class TiffSlide(SlideReader):
         kept = [a for a in self._axes if a in "YXSC"]
         order = [kept.index("Y"), kept.index("X")] + [kept.index(a) for a in "SC" if a in kept]
         return np.transpose(out, order)
+
+    def _compression(self, level: int) -> str | None:
+        try:
+            return f"{self._series.levels[level].keyframe.compression.name}-compressed"
+        except (AttributeError, IndexError):
+            return None
 
     def close(self) -> None:
         """Close the TIFF file."""

@@ -39,7 +39,7 @@ from segflow.runtime import geojson, instances
 from segflow.runtime.blend import accumulate, blend_weights
 from segflow.runtime.confidence import adaptive_threshold, instance_confidence, parse_min_confidence
 from segflow.runtime.ometiff import _check_writable, write_ome_pyramid
-from segflow.runtime.slide import LevelView, SlideReader, choose_level
+from segflow.runtime.slide import ZARR_MIN, LevelView, SlideReader, choose_level
 from segflow.runtime.tiling import Tile, axis_starts, pad_to_tile
 from segflow.runtime.tissue import thumbnail, tissue_mask
 
@@ -183,7 +183,7 @@ def _bits_dtype(k: int) -> Any:
 
 def _zeros(root: str, name: str, shape: tuple[int, ...], dtype: Any, chunk: int, create: bool = True) -> Any:
     """A chunked zarr array under ``root``: created filled with zeros, or (``create=False``) opened for update."""
-    zarr = require("zarr", '"zarr>=3" imagecodecs', "streaming whole slides")
+    zarr = require("zarr", f'"zarr>={ZARR_MIN}" imagecodecs', "streaming whole slides")
     store = os.path.join(root, name + ".zarr")
     if not create:
         return zarr.open_array(store=store, mode="r+")

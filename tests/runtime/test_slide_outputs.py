@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 
 import numpy as np
 import pytest
@@ -28,6 +29,32 @@ def test_label_pyramid_keeps_ids_and_metadata(tmp_path):
     np.testing.assert_array_equal(read_level(p, 1), lab[::2, ::2])
     np.testing.assert_array_equal(read_level(p, 2), lab[::4, ::4])
     assert not [q for q in tmp_path.iterdir() if q.name != "l.ome.tif"]  # no staging left behind
+
+
+@pytest.mark.parametrize("kind", ["labels", "map"])
+def test_every_level_carries_its_own_resolution(tmp_path, kind):
+    p = tmp_path / "r.ome.tif"
+    write_ome_pyramid(p, np.ones((70, 91), np.uint16), kind=kind, mpp=0.25, tile=16)  # odd sides round up
+    with tifffile.TiffFile(p) as t:
+        levels = t.series[0].levels
+        assert [lv.shape for lv in levels] == [(70, 91), (35, 46), (18, 23), (9, 12)]
+        for i, lv in enumerate(levels):
+            tags = lv.keyframe.tags
+            ppcm = 1e4 / (0.25 * 2**i)  # 40000, 20000, 10000, 5000 pixels per cm
+            for name in ("XResolution", "YResolution"):
+                num, den = tags[name].value
+                assert num / den == pytest.approx(ppcm, rel=1e-9), (i, name, num, den)
+            assert tags["ResolutionUnit"].value == 3  # centimetre
+        pixels = re.search(r"<Pixels [^>]*>", t.ome_metadata).group(0)  # OME-XML describes level 0 only
+        for attr in ('PhysicalSizeX="0.25"', 'PhysicalSizeY="0.25"', 'PhysicalSizeXUnit="µm"',
+                     'PhysicalSizeYUnit="µm"', 'SizeX="91"', 'SizeY="70"'):
+            assert attr in pixels
+    write_ome_pyramid(p, np.ones((40, 40), np.uint16), kind=kind, tile=16)  # no mpp: no pixel size claimed
+    with tifffile.TiffFile(p) as t:
+        assert "PhysicalSizeX" not in t.ome_metadata
+        for lv in t.series[0].levels:
+            unit = lv.keyframe.tags.get("ResolutionUnit")
+            assert unit is None or unit.value == 1
 
 
 def test_map_pyramid_averages_2x2(tmp_path):
@@ -60,8 +87,9 @@ def test_polygon_with_hole_hand_worked():
     g = geojson.mask_polygons(HOLE == 1)
     assert g["type"] == "Polygon" and len(g["coordinates"]) == 2
     outer, hole = g["coordinates"]
-    assert sorted(map(tuple, outer[:-1])) == [(1.5, 1.5), (1.5, 3.5), (4.5, 1.5), (4.5, 3.5)]
-    assert sorted(map(tuple, hole[:-1])) == [(2.5, 2.5), (3.5, 2.5)] or len(hole) >= 4
+    # pixel edges: pixel (x, y) is the square [x, x+1] x [y, y+1]
+    assert outer == [[1, 1], [5, 1], [5, 4], [1, 4], [1, 1]]
+    assert hole == [[2, 2], [2, 3], [4, 3], [4, 2], [2, 2]]  # the other way round
     back = geojson.rasterise([{"geometry": g}], HOLE.shape)
     np.testing.assert_array_equal(back, (HOLE == 1).astype(np.int32))
 

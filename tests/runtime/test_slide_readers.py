@@ -4,12 +4,18 @@ from __future__ import annotations
 
 import os
 import shutil
+import subprocess
+import sys
+import tomllib
+from pathlib import Path
 
 import numpy as np
 import pytest
 
 pytest.importorskip("zarr", reason="slide reading needs the wsi extra: pip install -e '.[wsi]'")
 import tifffile
+import zarr
+from segflow.runtime import slide as slide_mod
 from segflow.runtime.slide import ArrayReader, LevelChoice, LevelView, choose_level, is_slide, open_slide
 from slide_helpers import write_pyramid
 
@@ -112,14 +118,95 @@ def test_damaged_tile_data_is_reported(tmp_path):
             r.read_region(32, 32, 32, 32)
 
 
-def test_openslide_formats_need_the_extra(tmp_path):
+def test_openslide_formats_need_the_extra(tmp_path, monkeypatch):
     p = tmp_path / "x.mrxs"
     p.write_bytes(b"")
     try:
         import openslide  # noqa: F401
     except ImportError:
-        with pytest.raises(MissingDependency, match="segflow\\[wsi\\]"):
-            open_slide(p)
+        pass
     else:  # pragma: no cover - only where openslide is installed
         with pytest.raises(InputError):
             open_slide(p)
+    monkeypatch.setitem(sys.modules, "openslide", None)  # as if it were not installed
+    with pytest.raises(MissingDependency, match="run `pip install openslide-python openslide-bin`"):
+        open_slide(p)
+
+
+ZARR_FIX = r'run `pip install -U "tifffile>=2025\.5\.21" "zarr>=3\.0\.8"`\.$'
+
+
+@pytest.mark.parametrize("module, old", [(tifffile, "2025.3.30"), (zarr, "3.0.6"), (zarr, "2.18.7")])
+def test_too_old_tifffile_or_zarr_names_versions_and_fix(pyramid, monkeypatch, module, old):
+    monkeypatch.setattr(module, "__version__", old)
+    with pytest.raises(MissingDependency, match=ZARR_FIX) as err:
+        open_slide(pyramid)
+    assert f"{module.__name__} {old}" in str(err.value) and "\n" not in str(err.value)
+
+
+def test_store_rejected_by_zarr_is_a_dependency_error(pyramid, monkeypatch):
+    def reject(store, **kw):  # what zarr 3 does with the store of a tifffile older than 2025.5.21
+        raise TypeError(f"Unsupported type for store_like: '{type(store).__name__}'")
+
+    monkeypatch.setattr(zarr, "open", reject)
+    with pytest.raises(MissingDependency, match="store_like.*" + ZARR_FIX):
+        open_slide(pyramid)
+
+
+def test_pins_match_the_reader():
+    project = tomllib.loads((Path(__file__).resolve().parents[2] / "pyproject.toml").read_text())["project"]
+    wsi = project["optional-dependencies"]["wsi"]
+    assert f"tifffile>={slide_mod.TIFFFILE_MIN}" in wsi and f"zarr>={slide_mod.ZARR_MIN}" in wsi
+    assert "imagecodecs" in wsi  # the codec message says the extra brings it
+    # the core keeps an older tifffile (images, OME-TIFF writing); slide reading checks the pair at run time
+    assert any(d.startswith("tifffile>=") for d in project["dependencies"])
+
+
+_NO_CODECS = """
+import sys
+sys.modules["imagecodecs"] = None  # as if imagecodecs were not installed
+from segflow.errors import SegflowError
+from segflow.runtime.slide import open_slide
+for path in sys.argv[1:]:
+    try:
+        with open_slide(path) as r:
+            r.read_region(0, 0, 32, 32)
+        print("read")
+    except SegflowError as exc:
+        print(type(exc).__name__, exc)
+"""
+
+
+def test_missing_imagecodecs_is_a_dependency_not_a_corrupt_slide(tmp_path):
+    pytest.importorskip("imagecodecs", reason="writing JPEG and LZW tiles needs imagecodecs")
+    paths = []
+    for name, kw in {"jpeg": {"compression": "jpeg"}, "lzw": {"compression": "lzw", "predictor": True},
+                     "zlib": {"compression": "zlib"}}.items():
+        paths.append(tmp_path / f"{name}.tif")
+        tifffile.imwrite(paths[-1], IMAGE[:64, :64], tile=(32, 32), photometric="rgb", **kw)
+        with open_slide(paths[-1]) as r:  # readable where imagecodecs is installed
+            assert r.read_region(0, 0, 32, 32).shape == (32, 32, 3)
+    out = subprocess.run([sys.executable, "-c", _NO_CODECS, *map(str, paths)], capture_output=True, text=True,
+                         timeout=120)
+    lines = out.stdout.splitlines()
+    assert len(lines) == 3, out.stdout + out.stderr
+    for line, codec in zip(lines[:2], ("JPEG", "LZW"), strict=True):
+        assert line.startswith("MissingDependency ") and f"({codec}-compressed)" in line, line
+        assert "'imagecodecs' package" in line and "corrupt" not in line, line
+        assert line.endswith('run `pip install imagecodecs` (part of the wsi extra: `pip install -e ".[wsi]"`).'), line
+    assert lines[2] == "read"  # zlib needs no codec package
+
+
+def test_damaged_jpeg_tile_is_still_corrupt(tmp_path):
+    pytest.importorskip("imagecodecs", reason="writing JPEG tiles needs imagecodecs")
+    p = tmp_path / "j.tif"
+    tifffile.imwrite(p, IMAGE[:64, :64], tile=(32, 32), photometric="rgb", compression="jpeg")
+    with tifffile.TiffFile(p) as t:
+        off, n = t.pages[0].dataoffsets[3], t.pages[0].databytecounts[3]
+    data = bytearray(p.read_bytes())
+    data[off : off + n] = b"\x00" * n  # the last tile is no longer a JPEG stream
+    p.write_bytes(bytes(data))
+    with open_slide(p) as r:
+        assert r.read_region(0, 0, 32, 32).shape == (32, 32, 3)
+        with pytest.raises(InputError, match="corrupt or truncated"):
+            r.read_region(32, 32, 32, 32)
