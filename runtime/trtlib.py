@@ -374,8 +374,10 @@ def check_plan(plan: str | Path, info: PlanInfo, library: str, version: str, gpu
         raise BackendError(f"plan {plan} was built on {info.gpu_name} (compute {info.compute_capability}) but this "
                            f"machine has {gpu.name} (compute {gpu.compute_capability}): rebuild it here with {hint}.")
     if info.gpu_name != gpu.name:
-        warnings.append(f"plan {plan} was built on {info.gpu_name} and runs on {gpu.name} (same compute "
-                        f"capability {gpu.compute_capability}); rebuild it here for best speed.")
+        pair = Path(plan).name.endswith(".encoder.plan")
+        field = Path(plan).with_name(Path(plan).name[: -len(".encoder.plan")] + ".plan") if pair else Path(plan)
+        warnings.append(f"plan {field} and its encoder plan were built on {info.gpu_name} and run on {gpu.name} "
+                        f"(same compute capability {gpu.compute_capability}); rebuild them here for best speed.")
     return warnings
 
 

@@ -24,6 +24,7 @@ How it works (docs/wsi.md has the user's view):
 from __future__ import annotations
 
 import bisect
+import contextlib
 import math
 import os
 import shutil
@@ -400,18 +401,28 @@ def segment_slide(seg: Any, reader: SlideReader, out_dir: str | Path, *, name: s
     opts = options or SlideOptions()
     t0 = time.perf_counter()
     out = Path(out_dir)
+    made = [d for d in (out.absolute(), *out.absolute().parents) if not d.exists()]  # deepest first
     _check_writable(out)
     name = name or Path(reader.path).name.split(".")[0]
-    remove_stale_stages(out, ".*.wsi-*", lambda msg: warnings.warn(msg, stacklevel=2))  # left by killed runs
-    tmp = str(make_stage(out, f".{name}.wsi-"))
+    tmp = None
     try:
+        remove_stale_stages(out, ".*.wsi-*", lambda msg: warnings.warn(msg, stacklevel=4))  # left by killed runs
+        tmp = str(make_stage(out, f".{name}.wsi-"))
         run = _open_run(seg, reader, opts, tmp, progress, cancel, create=True)
         for blk in run.blocks():
             run.map_block(*blk)
         return _finish(run, reader, out, name, tmp, tiles_run=run.run_count, t_maps=time.perf_counter() - t0,
                        t0=t0)
+    except BaseException:
+        if tmp is not None:
+            shutil.rmtree(tmp, ignore_errors=True)
+        for d in made:  # a failed or cancelled run leaves no folder it created either
+            with contextlib.suppress(OSError):
+                d.rmdir()
+        raise
     finally:
-        shutil.rmtree(tmp, ignore_errors=True)
+        if tmp is not None:
+            shutil.rmtree(tmp, ignore_errors=True)
 
 
 def _open_run(seg: Any, reader: SlideReader, opts: SlideOptions, tmp: str, progress: Any, cancel: Any,
@@ -554,7 +565,8 @@ def check_slides(seg: Any, paths: list[Path], args: Any) -> None:
 
     opts = _options(args)
     for p in paths:
-        with open_slide(p) as reader:
+        with open_slide(p) as reader, warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # the run says them, once (this check used to say them first)
             view = LevelView(reader, choose_level(reader, level=opts.level, mpp=opts.mpp,
                                                   card_mpp=seg.card.pixel_size_um))
             _region(view, opts.roi, str(p))

@@ -60,6 +60,20 @@ __all__ = ["TensorRTBackend", "check_profile", "validity_error", "runtime_cache_
 #: two per plan (full batches and the remainder); more keep a few sizes warm.
 GRAPH_SIGNATURES = 4
 
+_warned: set[str] = set()  # warnings about a plan pair, said once per process (field and encoder plans share them)
+
+
+def _pair(plan: Path) -> Path:
+    """The field plan that names the pair ``plan`` belongs to."""
+    return plan.with_name(plan.name[: -len(".encoder.plan")] + ".plan") if plan.name.endswith(".encoder.plan") \
+        else plan
+
+
+def _warn_once(message: str, stacklevel: int) -> None:
+    if message not in _warned:
+        _warned.add(message)
+        warnings.warn(message, RuntimeWarning, stacklevel=stacklevel + 1)
+
 
 def runtime_cache_path(plan: str | Path) -> Path:
     """Where the TensorRT-RTX runtime cache of ``plan`` lives (see the module docstring)."""
@@ -164,7 +178,7 @@ class TensorRTBackend(Backend):
     def _activate(self) -> None:
         self.info, trt, notes = preflight(self.path)
         for w in notes:
-            warnings.warn(w, RuntimeWarning, stacklevel=3)
+            _warn_once(w, stacklevel=3)
         self.cp = require_cupy("running TensorRT plans")
         self.trt = trt
         if self.cuda_graph:
@@ -408,8 +422,8 @@ class TensorRTBackend(Backend):
         except Exception as exc:  # noqa: BLE001 - capture is an optimisation; keep running without it
             if self.stream.is_capturing():
                 self.stream.end_capture()
-            warnings.warn(f"CUDA graph capture failed for {self.path} ({exc}); running without graphs.",
-                          RuntimeWarning, stacklevel=5)
+            _warn_once(f"CUDA graph capture failed for {_pair(self.path)} and its encoder plan ({exc}); running "
+                       f"without graphs.", stacklevel=5)
             self.cuda_graph, self.graph_mode = False, None
             self._contexts.clear()
             self._graphs.clear()

@@ -704,6 +704,26 @@ def test_segment_cli_on_a_plan_matches_cpu(plan, blur_copy, cp, trt, tmp_path, c
     assert cp.stats["graph_launches"] > 0
 
 
+def test_a_plan_pair_from_another_gpu_model_warns_once(plan, cp, trt, monkeypatch):
+    """Field and encoder plans were built on the same GPU: the same-compute-capability note is said once for the
+    pair (it was said once per plan), and again for no later Segmenter on the same plans."""
+    from segflow.runtime import gpu
+    from segflow.runtime.backends import tensorrt as trt_backend
+
+    built = trtlib.PlanInfo.read(plan)
+    other = trtlib.GpuInfo(built.gpu_name + " (another model)", built.compute_capability)
+    for mod in (trtlib, trt_backend):
+        monkeypatch.setattr(mod, "gpu_info", lambda: other)
+    with warnings.catch_warnings(record=True) as seen:
+        warnings.simplefilter("always")
+        for _ in range(2):
+            with gpu.open_segmenter(plan, threads=1, **KW):
+                pass
+    said = [str(w.message) for w in seen]
+    assert said == [f"plan {plan} and its encoder plan were built on {built.gpu_name} and run on {other.name} "
+                    f"(same compute capability {other.compute_capability}); rebuild them here for best speed."]
+
+
 @pytest.mark.parametrize("gpu", [trtlib.GpuInfo("Fake GPU 9.0", "9.0"), None])
 def test_segment_cli_plan_without_cupy_is_one_sentence(plan, tmp_path, monkeypatch, capsys, gpu):
     from segflow.runtime.backends import tensorrt as trt_backend

@@ -169,6 +169,31 @@ def test_a_killed_runs_staging_folder_is_removed(seg, image, tmp_path):
     assert left == [".live.wsi-abc"]
 
 
+def test_a_failed_or_cancelled_run_removes_the_folders_it_made(seg, image, tmp_path):
+    def cancel():
+        return True
+
+    with pytest.raises(Cancelled):
+        segment_slide(seg, ArrayReader(image, name="c"), tmp_path / "new" / "out",
+                      options=SlideOptions(block=80, tissue=False), cancel=cancel)
+    assert os.listdir(tmp_path) == []  # it used to leave new/out behind, empty
+
+
+def test_cli_says_a_slides_missing_pixel_size_once(image, tmp_path):
+    import warnings
+
+    from segflow.runtime.cli import main
+
+    engine = make_engine(tmp_path, pixel_size_um=0.5)  # a card with a pixel size: the slide's is needed
+    bare = write_pyramid(tmp_path / "bare.ome.tif", image, mpp=None)
+    args = ["segment", "--engine", str(engine), "--samples", "1", "--steps", "1", "--threads", "1", "-q"]
+    with warnings.catch_warnings(record=True) as seen:
+        warnings.simplefilter("always")  # every warn() call counts (the check and the run each made one)
+        assert main([*args, "--out", str(tmp_path / "o"), str(bare), "--block", "64", "--no-tissue"]) == 0
+    said = [str(w.message) for w in seen if "does not record its pixel size" in str(w.message)]
+    assert len(said) == 1, said
+
+
 def test_bad_requests_write_nothing(seg, slide, tmp_path):
     with open_slide(slide) as reader:
         with pytest.raises(InputError, match="outside slide"):
