@@ -30,6 +30,7 @@ import os
 import re
 import shutil
 import tempfile
+import warnings
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -43,6 +44,8 @@ from segflow.runtime.trtlib import (
     gpu_info,
     import_trt,
     library_name,
+    rtx_supports,
+    rtx_targets_cover,
     sidecar_path,
     trt_logger,
 )
@@ -324,6 +327,25 @@ def _target_enums(trt: ModuleType, targets: tuple[str, ...]) -> list[Any]:
     return enums
 
 
+def _warn_if_not_for_this_gpu(trt: ModuleType, targets: tuple[str, ...]) -> None:
+    """TensorRT-RTX builds for a list of GPUs, which need not include the one building (a build server making
+    plans for workstations is fine), but a user who means to run here should hear it before the build, not
+    from `runtime segment` afterwards."""
+    gpu = gpu_info()
+    if library_name(trt) != "tensorrt_rtx" or gpu is None or rtx_targets_cover(targets, gpu.compute_capability):
+        return
+    cc = gpu.compute_capability
+    if rtx_supports(cc):
+        wanted = sorted({*targets, cc}, key=lambda c: tuple(map(int, c.split("."))))
+        fix = f"add --compute-capability {','.join(wanted)}"
+        why = f"the plans are compiled for {', '.join(targets)} only"
+    else:
+        fix = "run the .onnx model with the CUDA provider, or build with full TensorRT (--builder tensorrt)"
+        why = "TensorRT-RTX lists no support for it"
+    warnings.warn(f"these plans will not run on this machine's {gpu.name} (compute {cc}): {why}; to run them here, "
+                  f"{fix}.", RuntimeWarning, stacklevel=3)
+
+
 def _cc_name(cc: Any) -> str:
     """``ComputeCapability.SM89`` -> ``"8.9"``; ``SM120`` -> ``"12.0"``; others (CURRENT, NONE) -> ``""``."""
     m = re.search(r"SM(\d+)(\d)$", str(getattr(cc, "name", cc)))
@@ -445,6 +467,7 @@ def build_engine(onnx_path: str | Path, out_plan: str | Path, *, precision: str 
     workspace_bytes = operator.index(workspace_bytes)
     trt = import_trt(builder)  # fail fast, before any conversion work
     _target_enums(trt, tuple(compute_capabilities))
+    _warn_if_not_for_this_gpu(trt, tuple(compute_capabilities))
     _require_file(onnx_path)
     engine = resolve_engine(onnx_path)
     if engine.format != "onnx":

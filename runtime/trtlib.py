@@ -336,6 +336,14 @@ def rtx_supports(cc: str) -> bool:
     return cc in ("7.5", *RTX_DEFAULT_TARGETS) or _cc_tuple(cc) > _cc_tuple(RTX_DEFAULT_TARGETS[-1])
 
 
+def rtx_targets_cover(targets: list[str] | tuple[str, ...], cc: str) -> bool:
+    """Whether a TensorRT-RTX plan compiled for ``targets`` (empty: the library's defaults, which also cover
+    later GPUs) runs on compute capability ``cc``."""
+    if targets:
+        return cc in targets
+    return cc in RTX_DEFAULT_TARGETS or _cc_tuple(cc) > _cc_tuple(max(RTX_DEFAULT_TARGETS, key=_cc_tuple))
+
+
 def check_plan(plan: str | Path, info: PlanInfo, library: str, version: str, gpu: GpuInfo | None) -> list[str]:
     """Refuse a plan built for another library, TensorRT version or GPU; return warnings for lesser mismatches.
 
@@ -357,9 +365,7 @@ def check_plan(plan: str | Path, info: PlanInfo, library: str, version: str, gpu
     warnings: list[str] = []
     if library == "tensorrt_rtx":
         targets = info.target_compute_capabilities or list(RTX_DEFAULT_TARGETS)
-        newest = max(targets, key=_cc_tuple)
-        ok = gpu.compute_capability in targets or (
-            not info.target_compute_capabilities and _cc_tuple(gpu.compute_capability) > _cc_tuple(newest))
+        ok = rtx_targets_cover(info.target_compute_capabilities, gpu.compute_capability)
         if not ok and rtx_supports(gpu.compute_capability):
             wanted = ",".join(sorted({*targets, gpu.compute_capability}, key=_cc_tuple))
             raise BackendError(f"plan {plan} was compiled for compute capabilities {', '.join(targets)} but this "

@@ -588,3 +588,31 @@ def test_a_killed_builds_staging_folder_is_removed_by_the_next_build(tmp_path):
     assert said == [f"removed {killed}, left by an interrupted run (process {int(dead.stdout)})",
                     f"removed {zombie}, left by an interrupted run (process {child.pid})"]
     assert not new.exists()
+
+
+@pytest.mark.parametrize("gpu, targets, said", [
+    (trtlib.GpuInfo("NVIDIA H100 80GB HBM3", "9.0"), (), "TensorRT-RTX lists no support for it; to run them here, "
+     "run the .onnx model with the CUDA provider, or build with full TensorRT (--builder tensorrt)."),
+    (trtlib.GpuInfo("Quadro RTX 8000", "7.5"), ("8.9",), "the plans are compiled for 8.9 only; to run them here, "
+     "add --compute-capability 7.5,8.9."),
+    (trtlib.GpuInfo("NVIDIA RTX 6000 Ada Generation", "8.9"), (), None),
+    (trtlib.GpuInfo("NVIDIA RTX PRO 6000 Blackwell", "12.1"), (), None),  # later than the defaults: covered
+])
+def test_an_rtx_build_says_first_when_the_plans_will_not_run_on_this_gpu(monkeypatch, model, tmp_path, gpu, targets,
+                                                                         said):
+    """A build server may make plans for other GPUs, so this is a warning, said before the (long) build."""
+    import warnings
+
+    for mod in (trtlib, eng):
+        monkeypatch.setattr(mod, "gpu_info", lambda: gpu)
+    monkeypatch.setitem(sys.modules, "tensorrt_rtx", make_fake_trt("tensorrt_rtx", version="1.7.1.116"))
+    for name in ("_target_enums", "_set_targets"):  # the stand-in has no ComputeCapability enum (the real one: below)
+        monkeypatch.setattr(eng, name, lambda *a: [])
+    with warnings.catch_warnings(record=True) as seen:
+        warnings.simplefilter("always")
+        eng.build_engine(model, tmp_path / "r.plan", precision="fp32", builder="tensorrt_rtx",
+                         compute_capabilities=targets)
+    got = [str(w.message) for w in seen if "will not run" in str(w.message)]
+    want = [] if said is None else [f"these plans will not run on this machine's {gpu.name} (compute "
+                                    f"{gpu.compute_capability}): {said}"]
+    assert got == want
