@@ -93,6 +93,9 @@ def test_geojson_round_trips_to_labels(streamed):
         inter = counts[0]
         union = (back == n).sum() + (labels == ids[0]).sum() - inter
         assert inter / union == 1.0
+        # the polygon follows the pixel edges: its area (QuPath's) is the pixel count, the `area` measurement
+        assert polygon_area(fc["features"][n - 1]) == inter == fc["features"][n - 1]["properties"]["measurements"][
+            "area"]
     props = fc["features"][0]["properties"]
     assert props["objectType"] == "detection"
     assert set(props["measurements"]) == {"area", "area_um2", "confidence", "mean_prob", "mean_spread"}
@@ -110,8 +113,23 @@ def test_roi_and_level_give_slide_coordinates(seg, slide, whole, tmp_path):
         fc = json.load(fh)
     back = geojson.rasterise(fc["features"], labels.shape, offset=(20, 12), scale=2.0)
     assert same_partition(back, labels)
+    for n, f in enumerate(fc["features"], start=1):  # level-1 pixels are 2 x 2 slide pixels
+        assert polygon_area(f) == 4 * (back == n).sum() == f["properties"]["measurements"]["area"]
+        xy = np.concatenate([np.asarray(r) for poly in polygons(f) for r in poly])
+        assert (xy % 2 == 0).all()  # corners of level-1 pixels, ROI offset (40, 24) included
     with tifffile_levels(res.outputs["labels"]) as shapes:
         assert shapes[0] == (40, 48)
+
+
+def polygons(feature):
+    g = feature["geometry"]
+    return [g["coordinates"]] if g["type"] == "Polygon" else g["coordinates"]
+
+
+def polygon_area(feature):
+    """Shoelace area of a GeoJSON feature (holes count negative: their rings run the other way)."""
+    rings = [np.asarray(r, np.float64) for poly in polygons(feature) for r in poly]
+    return sum(0.5 * float(np.dot(r[:-1, 0], r[1:, 1]) - np.dot(r[:-1, 1], r[1:, 0])) for r in rings)
 
 
 class tifffile_levels:
