@@ -261,7 +261,9 @@ class Segmenter:
 
         A field call takes up to ``batch`` samples and an encoder call ``max(1, batch // K)`` tiles, so the
         batch is capped at the field's largest batch and at K x the encoder's. K samples of one tile never need
-        one call together, but an encoder that cannot take even one tile per call is refused.
+        one call together, but an encoder that cannot take even one tile per call is refused. Without an explicit
+        batch, a plan's calls hold its profile's OPT batch, the one its kernels were tuned for (TensorRT picks
+        kernels for OPT; other batches in the range run, often slower), when the memory budget allows it.
         """
         field_max = getattr(self._field, "max_batch", None)
         enc_max = getattr(self._encoder, "max_batch", None)
@@ -278,6 +280,9 @@ class Segmenter:
             self.close()
             raise InputError(f"engine {self.paths.field} accepts no batch of one: rebuild it with "
                              f"{self._rebuild_hint(1, settings.samples)}.")
+        opt = getattr(self._field, "opt_batch", None)
+        if not explicit and opt is not None and opt < min(settings.batch, cap):
+            return replace(settings, batch=opt)  # the batch the plan's kernels were tuned for (build --batch OPT)
         if settings.batch <= cap:
             return settings
         if explicit:

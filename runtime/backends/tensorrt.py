@@ -163,6 +163,7 @@ class TensorRTBackend(Backend):
         self._inputs: dict[str, TensorMeta] = {}
         self._outputs: dict[str, TensorMeta] = {}
         self._profile: dict[str, tuple[tuple[int, ...], tuple[int, ...]]] = {}
+        self._opt: dict[str, tuple[int, ...]] = {}  # the profile's OPT shape per input (kernels are tuned for it)
         self._out_buffers: OrderedDict[tuple, Any] = OrderedDict()  # (output name, shape) -> reused device buffer
         self.graph_mode: str | None = None  # "capture" (segflow captures) or "tensorrt_rtx" (the library does)
         self._graphs: dict[tuple, tuple[Any, dict[str, Any]]] = {}  # signature -> (graph, its output buffers)
@@ -279,8 +280,9 @@ class TensorRTBackend(Backend):
             meta = TensorMeta(name, dtype, shape)
             if engine.get_tensor_mode(name) == trt.TensorIOMode.INPUT:
                 self._inputs[name] = meta
-                lo, _opt, hi = engine.get_tensor_profile_shape(name, 0) if None in shape else (shape, shape, shape)
+                lo, opt, hi = engine.get_tensor_profile_shape(name, 0) if None in shape else (shape, shape, shape)
                 self._profile[name] = (tuple(int(d) for d in lo), tuple(int(d) for d in hi))
+                self._opt[name] = tuple(int(d) for d in opt)
             else:
                 self._outputs[name] = meta
 
@@ -303,6 +305,11 @@ class TensorRTBackend(Backend):
     def max_batch(self) -> int:
         """Largest batch (dim 0) every input's profile accepts."""
         return min((hi[0] for _lo, hi in self._profile.values() if hi), default=1)
+
+    @property
+    def opt_batch(self) -> int | None:
+        """The batch (dim 0) the plan's kernels were tuned for (the build's ``--batch`` OPT), or None."""
+        return min((o[0] for o in self._opt.values() if o), default=None)
 
     @property
     def min_batch(self) -> int:

@@ -575,6 +575,22 @@ def test_a_batch_size_beyond_the_plans_profile_names_the_rebuild(plan, cp, trt):
         gpu.open_segmenter(plan, threads=1, **{**KW, "batch_size": 13})
 
 
+def test_a_plans_default_batch_is_its_profiles_opt(plan, cp, trt, monkeypatch):
+    """TensorRT tunes a plan's kernels for the profile's OPT batch (the build's --batch 1:6:12 here): without
+    --batch-size the calls hold OPT samples, not the memory budget's (larger) batch; an explicit one is kept."""
+    from segflow.runtime import gpu
+    from segflow.runtime import session as session_mod
+
+    auto = {k: v for k, v in KW.items() if k != "batch_size"}
+    with gpu.open_segmenter(plan, threads=1, **auto) as seg:
+        assert seg.settings.batch == 6
+    monkeypatch.setattr(session_mod, "batch_from_budget", lambda *a, **k: 4)
+    with gpu.open_segmenter(plan, threads=1, **auto) as seg:
+        assert seg.settings.batch == 4  # a memory budget below OPT still rules
+    with gpu.open_segmenter(plan, threads=1, **{**KW, "batch_size": 12}) as seg:
+        assert seg.settings.batch == 12
+
+
 def test_a_batch_size_the_encoder_plan_limits_names_the_encoder_and_widens_its_range(blur_copy, cp, trt):
     """A field plan that takes 6 samples but an encoder plan that takes 3 tiles: at K=1 a batch of 6 needs 6
     tiles per encoder call, so the hint must widen --encoder-batch (repeating the same ranges fixed nothing)."""
