@@ -36,8 +36,12 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--onnx", required=True, help="the exported field graph NAME.onnx (NAME.encoder.onnx beside it)")
     p.add_argument("--out", required=True, help="field plan to write, e.g. flowsdf.plan (encoder plan and card "
                                                 "are written beside it); NAME.onnx writes converted ONNX graphs")
-    p.add_argument("--precision", default="fp16", choices=("fp32", "fp16", "bf16"),
-                   help="network precision, taken from the (converted) ONNX graph (default: fp16)")
+    prec = p.add_mutually_exclusive_group()
+    prec.add_argument("--precision", default="fp16", choices=("fp32", "fp16", "bf16"),
+                      help="network precision, taken from the (converted) ONNX graph (default: fp16)")
+    for name in ("fp16", "bf16", "fp32"):  # trtexec's spelling, which TensorRT 11 removed: here it still works
+        prec.add_argument(f"--{name}", dest="precision", action="store_const", const=name,
+                          help=f"same as --precision {name} (converts the ONNX, then builds; trtexec's flag)")
     p.add_argument("--batch", default=None,
                    help=f"MIN:OPT:MAX samples per field call, i.e. K x tiles; MIN must be 1 (default: "
                         f"{_DEFAULTS['batch']})")

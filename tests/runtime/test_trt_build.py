@@ -89,6 +89,22 @@ def _args(**kw):
     return argparse.Namespace(**base)
 
 
+@pytest.mark.parametrize("argv, want", [([], "fp16"), (["--fp32"], "fp32"), (["--bf16"], "bf16"),
+                                         (["--fp16"], "fp16"), (["--precision", "bf16"], "bf16")])
+def test_trtexec_precision_flags_are_shorthands(argv, want):
+    parser = argparse.ArgumentParser()
+    build_cmd.add_arguments(parser)
+    assert parser.parse_args(["--onnx", "m.onnx", "--out", "m.plan", *argv]).precision == want
+
+
+def test_two_precisions_are_refused(capsys):
+    parser = argparse.ArgumentParser()
+    build_cmd.add_arguments(parser)
+    with pytest.raises(SystemExit):
+        parser.parse_args(["--onnx", "m.onnx", "--out", "m.plan", "--fp16", "--precision", "fp32"])
+    assert "not allowed with argument" in capsys.readouterr().err
+
+
 def test_build_options_from_flags():
     opts = build_cmd.parse_options(_args(batch="2:8:32", encoder_batch="1:4:8", workspace="512M",
                                          compute_capability="7.5, 8.9"))
