@@ -21,7 +21,8 @@ deserialisation. Inference uses the name-based API (``set_input_shape``, ``set_t
   fails the backend warns and falls back to plain launches. Per-shape state (output buffers; in graph modes
   also the fixed inputs, graphs and contexts) is kept for the ``GRAPH_SIGNATURES`` most recent shapes.
 * TensorRT-RTX compiles its kernels for the GPU at first use (just in time). The backend keeps them in a
-  runtime cache file, ``NAME.plan.rtcache`` beside the plan, or under ``$XDG_CACHE_HOME/segflow`` (default
+  runtime cache file per GPU model, ``NAME.plan.sm89-<hash>.rtcache`` beside the plan, or under
+  ``$XDG_CACHE_HOME/segflow`` (default
   ``~/.cache/segflow``) when the plan's folder is read-only: loaded when the execution context is created, saved
   when the backend closes, so later processes skip the compilation. TensorRT-RTX itself rejects a cache from
   another GPU, driver or library version (it is then rebuilt and overwritten). ``runtime_cache=False`` turns
@@ -40,6 +41,7 @@ from typing import Any
 import numpy as np
 from segflow.runtime.backends.base import Backend, TensorMeta
 from segflow.runtime.trtlib import (
+    GpuInfo,
     PlanInfo,
     check_plan,
     deferred_interrupt,
@@ -75,14 +77,19 @@ def _warn_once(message: str, stacklevel: int) -> None:
         warnings.warn(message, RuntimeWarning, stacklevel=stacklevel + 1)
 
 
-def runtime_cache_path(plan: str | Path) -> Path:
-    """Where the TensorRT-RTX runtime cache of ``plan`` lives (see the module docstring)."""
+def runtime_cache_path(plan: str | Path, gpu: GpuInfo | None = None) -> Path:
+    """Where the TensorRT-RTX runtime cache of ``plan`` for ``gpu`` (default: this machine's) lives (see the
+    module docstring): one file per GPU model, ``NAME.plan.sm89-1a2b3c.rtcache``, since the compiled kernels
+    hold for one GPU only and workstations with different GPUs may share a model folder."""
     plan = Path(plan).resolve()
+    gpu = gpu if gpu is not None else gpu_info()
+    tag = "" if gpu is None else \
+        f".sm{gpu.compute_capability.replace('.', '')}-{hashlib.sha256(gpu.name.encode()).hexdigest()[:6]}"
     if os.access(plan.parent, os.W_OK):
-        return plan.with_name(plan.name + ".rtcache")
+        return plan.with_name(f"{plan.name}{tag}.rtcache")
     root = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "segflow"
     key = hashlib.sha256(str(plan).encode()).hexdigest()[:16]
-    return root / f"{plan.stem}-{key}.rtcache"
+    return root / f"{plan.stem}-{key}{tag}.rtcache"
 
 
 def check_profile(plan: str | Path, name: str, shape: tuple[int, ...], lo: tuple[int, ...], hi: tuple[int, ...],

@@ -137,6 +137,10 @@ def run(args: argparse.Namespace) -> int:
                         instances=args.instances, threads=args.threads, tile_workers=args.tile_workers,
                         batch_size=args.batch_size, memory_budget_mb=args.memory_budget, guidance=args.guidance,
                         label=args.label, ode=args.ode) as seg:
+        info = seg.backend_info
+        if args.progress is not False and info.get("runtime_cache_state") in ("new", "rejected"):
+            print(f"runtime segment: TensorRT-RTX compiles the plans' kernels for this GPU at first use, so this run "
+                  f"takes longer; later runs load them from {info['runtime_cache']}", file=sys.stderr, flush=True)
         cache = _validate(paths, seg)
         wsi.check_slides(seg, slides, args)
         for i, p in enumerate(paths, start=1):

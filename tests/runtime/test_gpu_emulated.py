@@ -385,7 +385,9 @@ def test_rtx_runtime_cache_keeps_compiled_kernels_between_runs(rtx_plan, models_
     assert runtime_main(["info", "--engine", str(plan)]) == 0
     assert "runtime cache" in (out := capsys.readouterr().out) and "not written yet" in out
     first = _run_plan(plan, cp, models_meta)
-    cache = plan.with_name(plan.name + ".rtcache")
+    ada = trtlib.GpuInfo("NVIDIA RTX 6000 Ada Generation", "8.9")
+    cache = plan.with_name(f"{plan.name}.sm89-{__import__('hashlib').sha256(ada.name.encode()).hexdigest()[:6]}"
+                           f".rtcache")  # one file per GPU model
     assert first.runtime_cache == cache.resolve() and first.runtime_cache_state == "new" and cache.is_file()
     assert rtx.jit_compiles == 2  # two batch shapes
     assert first.describe()["runtime_cache_state"] == "new"
@@ -402,14 +404,33 @@ def test_rtx_runtime_cache_keeps_compiled_kernels_between_runs(rtx_plan, models_
     assert cache.stat().st_mtime_ns == written  # nothing new compiled, so the file is not rewritten
 
     other = make_fake_cupy(gpu_name="NVIDIA GeForce RTX 4090", compute_capability=(8, 9))
-    monkeypatch.setitem(sys.modules, "cupy", other)  # same plan on another GPU: TensorRT-RTX rejects the cache
+    monkeypatch.setitem(sys.modules, "cupy", other)  # same plan on another GPU (a shared model folder)
     third = _run_plan(plan, other, models_meta)
-    assert third.runtime_cache_state == "rejected" and rtx.jit_compiles == 4
-    assert b"RTX 4090" in cache.read_bytes()  # rebuilt for this GPU and saved
+    assert third.runtime_cache_state == "new" and rtx.jit_compiles == 4 and third.runtime_cache != cache.resolve()
+    assert b"RTX 4090" in third.runtime_cache.read_bytes()  # a file of its own, saved beside the first
+    assert cache.stat().st_mtime_ns == written and b"RTX 4090" not in cache.read_bytes()  # the Ada one is kept
+    cache.write_bytes(third.runtime_cache.read_bytes())  # a cache TensorRT-RTX rejects (made on another GPU)
+    monkeypatch.setitem(sys.modules, "cupy", later)
+    assert _run_plan(plan, later, models_meta).runtime_cache_state == "rejected" and rtx.jit_compiles == 6
+    assert b"RTX 4090" not in cache.read_bytes()  # rebuilt for this GPU and saved
+    monkeypatch.setitem(sys.modules, "cupy", other)
 
     off = _run_plan(plan, other, models_meta, runtime_cache=False)
-    assert off.runtime_cache is None and rtx.jit_compiles == 6
+    assert off.runtime_cache is None and rtx.jit_compiles == 8
     assert other.races == []
+
+
+def test_segment_says_when_tensorrt_rtx_compiles_at_first_use(rtx_plan, tmp_path, capsys):
+    plan, _rtx, _cp = rtx_plan
+    img = tmp_path / "img.tif"
+    tifffile.imwrite(img, _image())
+    argv = ["segment", "--engine", str(plan), str(img), "--samples", "2", "--steps", "1", "--stride", "12"]
+    assert runtime_main([*argv, "--out", str(tmp_path / "a"), "--progress"]) == 0
+    err = capsys.readouterr().err
+    assert "runtime segment: TensorRT-RTX compiles the plans' kernels for this GPU at first use, so this run takes " \
+           f"longer; later runs load them from {plan.resolve()}.sm89-" in err
+    assert runtime_main([*argv, "--out", str(tmp_path / "b"), "--progress"]) == 0  # now cached: no note
+    assert "first use" not in capsys.readouterr().err
 
 
 def test_rtx_runtime_cache_location_and_save_failure(rtx_plan, models_meta, monkeypatch, tmp_path):
