@@ -39,6 +39,7 @@ from typing import Any
 
 from segflow.runtime.autocast import METHODS, PRECISIONS, conversion_method, convert_precision, load_graph
 from segflow.runtime.trtlib import (
+    HARDWARE_LEVELS,
     PlanInfo,
     deferred_interrupt,
     gpu_info,
@@ -235,7 +236,8 @@ def build_plan(onnx_path: str | Path, out_plan: str | Path, *, batch: tuple[int,
                spatial: int = 128, workspace_bytes: int = DEFAULT_WORKSPACE, timing_cache: str | Path | None = None,
                builder: str = "auto", precision: str = "fp32", conversion: str = "none",
                source: str | Path | None = None, log_level: str = "WARNING",
-               compute_capabilities: tuple[str, ...] = ()) -> PlanInfo:
+               compute_capabilities: tuple[str, ...] = (), version_compatible: bool = False,
+               hardware_compatibility: str = "none") -> PlanInfo:
     """Build one plan from one ONNX graph (already in its final precision) and write its build record.
 
     ``source`` is the user's graph when ``onnx_path`` is a converted copy: messages and the record name it.
@@ -268,6 +270,7 @@ def build_plan(onnx_path: str | Path, out_plan: str | Path, *, batch: tuple[int,
     if profiles:
         config.add_optimization_profile(profile)
     _set_targets(trt, config, compute_capabilities)
+    _set_portability(trt, config, version_compatible, hardware_compatibility)
     gpu = gpu_info()
     stamp = {"library": lib, "version": str(trt.__version__),
              "gpu": None if gpu is None else [gpu.name, gpu.compute_capability]}
@@ -291,9 +294,19 @@ def build_plan(onnx_path: str | Path, out_plan: str | Path, *, batch: tuple[int,
                     compute_capability=None if gpu is None else gpu.compute_capability,
                     target_compute_capabilities=[t for t in targets if t], profiles=profiles,
                     workspace_bytes=int(workspace_bytes), onnx=source.name, onnx_path=str(source.resolve()),
-                    conversion=conversion, segflow_version=__version__)
+                    conversion=conversion, version_compatible=bool(version_compatible),
+                    hardware_compatibility=hardware_compatibility, segflow_version=__version__)
     _atomic_write(sidecar_path(out_plan), info.to_json().encode())
     return info
+
+
+def _set_portability(trt: ModuleType, config: Any, version_compatible: bool, hardware: str) -> None:
+    """Full TensorRT: a version-compatible plan (it embeds its lean runtime: later TensorRT versions and the lean
+    runtime ``tensorrt_lean`` run it) and/or one for other GPUs (``hardware``: a :data:`HARDWARE_LEVELS` key)."""
+    if version_compatible:
+        config.set_flag(trt.BuilderFlag.VERSION_COMPATIBLE)
+    if hardware != "none":
+        config.hardware_compatibility_level = getattr(trt.HardwareCompatibilityLevel, HARDWARE_LEVELS[hardware])
 
 
 def _set_targets(trt: ModuleType, config: Any, targets: tuple[str, ...]) -> None:
@@ -373,6 +386,19 @@ def _check_graph(path: Path) -> None:
     load_graph(onnx, path, load_external_data=False)
 
 
+def _check_portability(trt: ModuleType, version_compatible: Any, hardware: Any) -> None:
+    if not isinstance(version_compatible, bool):
+        raise InputError(f"version_compatible {version_compatible!r} must be True or False.")
+    if hardware not in HARDWARE_LEVELS:
+        raise InputError(f"hardware compatibility {hardware!r} is unknown: choose one of "
+                         f"{', '.join(HARDWARE_LEVELS)}.")
+    if (version_compatible or hardware != "none") and library_name(trt) == "tensorrt_rtx":
+        flag = "--version-compatible" if version_compatible else "--hardware-compatibility"
+        raise InputError(f"{flag} is for full TensorRT plans; TensorRT-RTX plans run on the GPUs of their "
+                         f"--compute-capability targets and only with the TensorRT-RTX version that built them: "
+                         f"drop it, or build with --builder tensorrt.")
+
+
 def _check_build_args(batch: Any, encoder_batch: Any, workspace_bytes: Any, builder: str, conversion: str) -> None:
     """One sentence for build arguments the CLI would have refused (Python callers skip its parsing)."""
     from segflow.runtime.trtlib import BUILDERS
@@ -426,7 +452,8 @@ def build_engine(onnx_path: str | Path, out_plan: str | Path, *, precision: str 
                  batch: tuple[int, int, int] = DEFAULT_BATCH, workspace_bytes: int = DEFAULT_WORKSPACE,
                  timing_cache: str | Path | None = None, builder: str = "auto", conversion: str = "segflow",
                  encoder_batch: tuple[int, int, int] | None = None,
-                 compute_capabilities: tuple[str, ...] = (),
+                 compute_capabilities: tuple[str, ...] = (), version_compatible: bool = False,
+                 hardware_compatibility: str = "none",
                  progress: Callable[[str], None] | None = None) -> BuildResult:
     """Build ``NAME.plan``, ``NAME.encoder.plan`` and ``NAME.card.json`` from an exported FlowSDF/SSB model.
 
@@ -452,6 +479,10 @@ def build_engine(onnx_path: str | Path, out_plan: str | Path, *, precision: str 
         Tiles per encoder call (default: ``batch``).
     compute_capabilities : tuple of str
         TensorRT-RTX target GPUs (default: the library's, 8.0/8.6/8.9/12.0 and later).
+    version_compatible : bool
+        Full TensorRT: plans that later TensorRT versions and the lean runtime (``tensorrt_lean``) also run.
+    hardware_compatibility : {"none", "ampere+", "same-cc"}
+        Full TensorRT: plans for any Ampere-or-later GPU, or for any GPU of the building one's capability.
     progress : callable, optional
         Called with a line before each step (conversion, each plan's build).
 
@@ -467,6 +498,7 @@ def build_engine(onnx_path: str | Path, out_plan: str | Path, *, precision: str 
     workspace_bytes = operator.index(workspace_bytes)
     trt = import_trt(builder)  # fail fast, before any conversion work
     _target_enums(trt, tuple(compute_capabilities))
+    _check_portability(trt, version_compatible, hardware_compatibility)
     _warn_if_not_for_this_gpu(trt, tuple(compute_capabilities))
     _require_file(onnx_path)
     engine = resolve_engine(onnx_path)
@@ -500,7 +532,9 @@ def build_engine(onnx_path: str | Path, out_plan: str | Path, *, precision: str 
             infos.append(build_plan(graph, stage / dst.name, batch=rng, spatial=card.tile,
                                     workspace_bytes=workspace_bytes, timing_cache=timing_cache, builder=builder,
                                     precision=precision, conversion=used, source=src,
-                                    compute_capabilities=compute_capabilities))
+                                    compute_capabilities=compute_capabilities,
+                                    version_compatible=version_compatible,
+                                    hardware_compatibility=hardware_compatibility))
         (stage / card_path.name).write_text(json.dumps(card.to_dict(), indent=1, sort_keys=True))
         _publish(stage, field_plan.parent, [p.name for p in outputs])  # the field plan, which names the set, last
     return BuildResult(field_plan, encoder_plan, card_path, infos[0], infos[1])

@@ -34,11 +34,17 @@ __all__ = ["LIBRARIES", "import_trt", "library_name", "GpuInfo", "gpu_info", "Pl
 
 LIBRARIES = ("tensorrt", "tensorrt_rtx")
 BUILDERS = ("auto", *LIBRARIES)
+# Libraries that run a version-compatible plan of full TensorRT: full TensorRT itself, or its lean runtime
+# (pip tensorrt-lean-cu13-bindings + -libs, 44 MB, imported as tensorrt_lean_bindings; it runs no other plans)
+VC_RUNNERS = ("tensorrt", "tensorrt_lean", "tensorrt_lean_bindings")
+# --hardware-compatibility: TensorRT's HardwareCompatibilityLevel of each choice
+HARDWARE_LEVELS = {"none": "NONE", "ampere+": "AMPERE_PLUS", "same-cc": "SAME_COMPUTE_CAPABILITY"}
 PLAN_SCHEMA = 1
 # Compute capabilities a TensorRT-RTX engine runs on by default (TensorRT-RTX docs, "CPU-only AOT").
 RTX_DEFAULT_TARGETS = ("8.0", "8.6", "8.9", "12.0")
 # pip packages of each library (TensorRT-RTX for RTX workstation GPUs, full TensorRT for data-centre GPUs)
-PACKAGES = {"tensorrt_rtx": "tensorrt-rtx-cu13", "tensorrt": "tensorrt"}
+PACKAGES = {"tensorrt_rtx": "tensorrt-rtx-cu13", "tensorrt": "tensorrt",
+            "tensorrt_lean": "tensorrt-lean-cu13-bindings tensorrt-lean-cu13-libs"}
 
 
 def import_trt(builder: str = "auto") -> ModuleType:
@@ -145,8 +151,48 @@ def use_trt_logger(trt: ModuleType, logger: Any) -> None:
 
 
 def library_name(trt: ModuleType) -> str:
-    """``"tensorrt"`` or ``"tensorrt_rtx"`` for an imported library module."""
-    return trt.__name__.split(".")[0]
+    """``"tensorrt"``, ``"tensorrt_rtx"`` or ``"tensorrt_lean"`` for an imported library module."""
+    name = trt.__name__.split(".")[0]
+    return name[: -len("_bindings")] if name.endswith("_bindings") else name
+
+
+def import_runner(info: PlanInfo) -> ModuleType:
+    """The library that runs a plan with build record ``info``: the one that built it, or for a version-compatible
+    plan of full TensorRT, full TensorRT or its lean runtime, whichever is installed."""
+    if not info.version_compatible:
+        try:
+            return import_trt(info.library)
+        except MissingDependency:
+            if info.library != "tensorrt":
+                raise
+            for name in VC_RUNNERS[1:]:  # only the lean runtime here: check_plan says what to rebuild
+                try:
+                    return importlib.import_module(name)
+                except ImportError:
+                    continue
+            raise
+    for name in VC_RUNNERS:
+        try:
+            return importlib.import_module(name)
+        except ImportError:
+            continue
+    raise MissingDependency(f"this version-compatible plan needs TensorRT or its lean runtime, neither is "
+                            f"installed: run `pip install {PACKAGES['tensorrt_lean']}` (44 MB, runs such plans "
+                            f"only) or `pip install {PACKAGES['tensorrt']}`.")
+
+
+def _major(version: str) -> int:
+    return int(version.split(".")[0])
+
+
+def vc_runs(built: str, running: str) -> bool:
+    """Whether a version-compatible plan built by TensorRT ``built`` runs on TensorRT ``running``: a later
+    version of the same major, or across the two major steps NVIDIA supports (8 to 10, 10 to 11)."""
+    try:
+        b, r = tuple(int(v) for v in built.split(".")[:3]), tuple(int(v) for v in running.split(".")[:3])
+    except ValueError:
+        return built == running
+    return r >= b and (r[0] == b[0] or (b[0], r[0]) in ((8, 10), (10, 11)))
 
 
 @dataclass(frozen=True)
@@ -229,6 +275,12 @@ class PlanInfo:
         How the ONNX was converted (``"none"``, ``"modelopt"`` or ``"segflow"``).
     onnx_path : str
         Absolute path of that source graph at build time (rebuild hints use it while it exists).
+    version_compatible : bool
+        Full TensorRT only: built with ``VERSION_COMPATIBLE`` (the plan embeds its lean runtime and also runs on
+        later TensorRT versions and on the lean runtime ``tensorrt_lean``).
+    hardware_compatibility : str
+        Full TensorRT only: ``"none"`` (the building GPU's compute capability and model), ``"ampere+"`` (any
+        GPU of compute capability 8.0 or later) or ``"same-cc"`` (any GPU of the building one's capability).
     """
 
     library: str
@@ -242,6 +294,8 @@ class PlanInfo:
     onnx: str = ""
     conversion: str = "none"
     onnx_path: str = ""
+    version_compatible: bool = False
+    hardware_compatibility: str = "none"
     segflow_version: str = ""
     schema: int = PLAN_SCHEMA
 
@@ -263,7 +317,9 @@ class PlanInfo:
             text = (info.library, info.trt_version, info.precision, info.onnx, info.conversion, info.onnx_path)
             if not (all(isinstance(v, str) for v in text) and isinstance(info.profiles, dict)
                     and isinstance(info.target_compute_capabilities, list)
-                    and all(isinstance(v, str) for v in info.target_compute_capabilities)):
+                    and all(isinstance(v, str) for v in info.target_compute_capabilities)
+                    and isinstance(info.version_compatible, bool)
+                    and info.hardware_compatibility in HARDWARE_LEVELS):
                 raise TypeError("fields of the wrong type")
             return info
         except (ValueError, TypeError, AttributeError, OSError) as exc:  # bad JSON or text, not an object, ...
@@ -306,9 +362,14 @@ def rebuild_hint(plan: str | Path, extra: str = "", info: PlanInfo | None = None
         if named:
             source = named[: -len(".encoder.onnx")] + ".onnx" if named.endswith(".encoder.onnx") else named
         lib = library or info.library
+        lib = "tensorrt" if lib == "tensorrt_lean" else lib  # the lean runtime builds nothing
         flags += [f"--precision {info.precision}", f"--builder {lib}"]
         if info.target_compute_capabilities and lib == "tensorrt_rtx" and "--compute-capability" not in extra:
             flags.append(f"--compute-capability {','.join(info.target_compute_capabilities)}")
+        if info.version_compatible:
+            flags.append("--version-compatible")
+        if info.hardware_compatibility != "none":
+            flags.append(f"--hardware-compatibility {info.hardware_compatibility}")
         ranges["encoder" if encoder else "field"] = batch or plan_batch(info)
         partner = p.with_name(stem + (".plan" if encoder else ".encoder.plan"))
         try:
@@ -353,10 +414,20 @@ def check_plan(plan: str | Path, info: PlanInfo, library: str, version: str, gpu
         One sentence naming what the plan was built for, what this machine has, and the rebuild command.
     """
     hint = rebuild_hint(plan, info=info, library=library)
-    if info.library != library:
+    if info.version_compatible and info.library == "tensorrt" and library in ("tensorrt", "tensorrt_lean"):
+        if not vc_runs(info.trt_version, version):
+            raise BackendError(f"plan {plan} is version-compatible from TensorRT {info.trt_version}, which "
+                               f"{library} {version} cannot run (it needs the same or a later version of that "
+                               f"major release, or the next one): upgrade {library}, or rebuild with {hint}.")
+    elif library == "tensorrt_lean":
+        raise BackendError(f"plan {plan} is not version-compatible, and the TensorRT lean runtime installed here "
+                           f"runs only such plans: rebuild it with "
+                           f"{rebuild_hint(plan, ' --version-compatible', info, library='tensorrt')}, or install "
+                           f"full TensorRT (`pip install {PACKAGES['tensorrt']}`).")
+    elif info.library != library:
         raise BackendError(f"plan {plan} was built with {info.library} but this machine runs {library}: "
                            f"rebuild it with {hint}.")
-    if info.trt_version != version:
+    elif info.trt_version != version:
         raise BackendError(f"plan {plan} was built with {library} {info.trt_version} but this machine has "
                            f"{library} {version}: rebuild it here with {hint}.")
     if gpu is None:
@@ -376,10 +447,16 @@ def check_plan(plan: str | Path, info: PlanInfo, library: str, version: str, gpu
                                f"{gpu.name} is {gpu.compute_capability} (TensorRT-RTX lists no support for it): "
                                f"use the .onnx model with the CUDA provider, or full TensorRT (`--builder tensorrt`).")
         return warnings
+    if info.hardware_compatibility == "ampere+":
+        if _cc_tuple(gpu.compute_capability) < (8, 0):  # rebuilt for this pre-Ampere GPU alone
+            here = rebuild_hint(plan, info=dataclasses.replace(info, hardware_compatibility="none"), library=library)
+            raise BackendError(f"plan {plan} was built for Ampere and later GPUs (compute 8.0+) but this machine "
+                               f"has {gpu.name} (compute {gpu.compute_capability}): rebuild it here with {here}.")
+        return warnings
     if info.compute_capability != gpu.compute_capability:
         raise BackendError(f"plan {plan} was built on {info.gpu_name} (compute {info.compute_capability}) but this "
                            f"machine has {gpu.name} (compute {gpu.compute_capability}): rebuild it here with {hint}.")
-    if info.gpu_name != gpu.name:
+    if info.gpu_name != gpu.name and info.hardware_compatibility != "same-cc":
         pair = Path(plan).name.endswith(".encoder.plan")
         field = Path(plan).with_name(Path(plan).name[: -len(".encoder.plan")] + ".plan") if pair else Path(plan)
         warnings.append(f"plan {field} and its encoder plan were built on {info.gpu_name} and run on {gpu.name} "

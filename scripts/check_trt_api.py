@@ -6,7 +6,8 @@ tested here against a fake ``tensorrt`` module (``tests/runtime/fake_trt.py``). 
 the real library without a GPU: ``API`` lists, per TensorRT class, the names segflow uses (a test keeps it in
 step with the code), and the script looks each one up
 
-* in an installed library (default: every one of ``tensorrt`` and ``tensorrt_rtx`` that imports): the class
+* in an installed library (default: every one of ``tensorrt``, ``tensorrt_rtx`` and the lean runtime
+  ``tensorrt_lean`` / ``tensorrt_lean_bindings`` that imports; the lean one for the run-side names): the class
   must have the attribute — an exact check, and importing needs no GPU;
 * or in a bindings wheel (``--wheel tensorrt_cu13_bindings-*.whl``; ``pip download --no-deps
   tensorrt-cu13-bindings==VERSION``): the name must occur in the compiled bindings or the package's Python
@@ -31,8 +32,9 @@ from pathlib import Path
 API: dict[str | None, tuple[str, ...]] = {
     None: ("__version__", "Logger", "ILogger", "Builder", "OnnxParser", "Runtime", "NetworkDefinitionCreationFlag",
            "MemoryPoolType", "TensorIOMode", "nptype", "ComputeCapability", "CudaGraphStrategy",
-           "ExecutionContextAllocationStrategy", "BuilderFlag"),
-    "BuilderFlag": ("TF32",),
+           "ExecutionContextAllocationStrategy", "BuilderFlag", "HardwareCompatibilityLevel"),
+    "BuilderFlag": ("TF32", "VERSION_COMPATIBLE"),
+    "HardwareCompatibilityLevel": ("AMPERE_PLUS", "SAME_COMPUTE_CAPABILITY"),
     "ExecutionContextAllocationStrategy": ("USER_MANAGED",),
     "CudaGraphStrategy": ("WHOLE_GRAPH_CAPTURE",),
     "Logger": ("WARNING", "min_severity"),
@@ -47,10 +49,10 @@ API: dict[str | None, tuple[str, ...]] = {
     "OnnxParser": ("parse_from_file", "num_errors", "get_error"),
     "IBuilderConfig": ("set_memory_pool_limit", "add_optimization_profile", "create_timing_cache",
                        "set_timing_cache", "num_compute_capabilities", "set_compute_capability",
-                       "get_compute_capability", "clear_flag"),
+                       "get_compute_capability", "clear_flag", "set_flag", "hardware_compatibility_level"),
     "IOptimizationProfile": ("set_shape",),
     "ITimingCache": ("serialize",),
-    "Runtime": ("deserialize_cuda_engine", "get_engine_validity"),
+    "Runtime": ("deserialize_cuda_engine", "get_engine_validity", "engine_host_code_allowed"),
     "ICudaEngine": ("num_io_tensors", "get_tensor_name", "get_tensor_dtype", "get_tensor_shape", "get_tensor_mode",
                     "get_tensor_profile_shape", "create_execution_context", "create_runtime_config",
                     "device_memory_size_v2"),
@@ -68,19 +70,45 @@ RTX_ONLY = {(None, "ComputeCapability"), ("IBuilderConfig", "num_compute_capabil
             ("CudaGraphStrategy", "WHOLE_GRAPH_CAPTURE"), ("IRuntimeConfig", "cuda_graph_strategy")}
 
 
+# Used only with full TensorRT: version- and hardware-compatible plans (`runtime build --version-compatible`,
+# `--hardware-compatibility`), which TensorRT-RTX does not make.
+FULL_ONLY = {(None, "HardwareCompatibilityLevel"), ("BuilderFlag", "VERSION_COMPATIBLE"),
+             ("HardwareCompatibilityLevel", "AMPERE_PLUS"), ("HardwareCompatibilityLevel", "SAME_COMPUTE_CAPABILITY"),
+             ("IBuilderConfig", "hardware_compatibility_level"), ("Runtime", "engine_host_code_allowed")}
+# What building needs; the lean runtime (tensorrt_lean, which runs version-compatible plans) has none of it.
+BUILD_CLASSES = {"Builder", "OnnxParser", "NetworkDefinitionCreationFlag", "MemoryPoolType", "INetworkDefinition",
+                 "ITensor", "IBuilderConfig", "IOptimizationProfile", "ITimingCache", "BuilderFlag",
+                 "HardwareCompatibilityLevel", "ComputeCapability"}
+LIBRARY_NAMES = ("tensorrt", "tensorrt_rtx", "tensorrt_lean")
+
+
 def _rows():
     for cls, names in API.items():
         for name in names:
-            yield cls, name, (cls, name) in RTX_ONLY
+            yield cls, name
+
+
+def required(library: str, cls: str | None, name: str) -> bool:
+    """Whether segflow uses ``cls.name`` with ``library`` (``tensorrt``, ``tensorrt_rtx`` or ``tensorrt_lean``)."""
+    if library == "tensorrt_rtx":
+        return (cls, name) not in FULL_ONLY
+    if (cls, name) in RTX_ONLY:
+        return False
+    return library != "tensorrt_lean" or (cls not in BUILD_CLASSES and name not in BUILD_CLASSES)
+
+
+def _library(name: str) -> str:
+    name = name.split(".")[0].lower()
+    return "tensorrt_rtx" if "rtx" in name else "tensorrt_lean" if "lean" in name else "tensorrt"
 
 
 def check_module(mod) -> list[tuple[str, bool, bool]]:
     """``(qualified name, required, present)`` for every API name, looked up on an imported library."""
-    rtx = mod.__name__.split(".")[0] == "tensorrt_rtx"
+    lib = _library(mod.__name__)
     out = []
-    for cls, name, rtx_only in _rows():
+    for cls, name in _rows():
         owner = mod if cls is None else getattr(mod, cls, None)
-        out.append((name if cls is None else f"{cls}.{name}", rtx or not rtx_only,
+        out.append((name if cls is None else f"{cls}.{name}", required(lib, cls, name),
                     owner is not None and hasattr(owner, name)))
     return out
 
@@ -91,12 +119,12 @@ def check_wheel(path: Path) -> tuple[str, list[tuple[str, bool, bool]]]:
         blobs = [zf.read(i) for i in zf.namelist() if i.endswith((".so", ".pyd", ".py"))]
     if not blobs:
         raise SystemExit(f"{path} holds no compiled bindings or Python files: pass a tensorrt*-bindings wheel.")
-    rtx = "rtx" in path.name.lower()
+    lib = _library(path.name)
     out = []
-    for cls, name, rtx_only in _rows():
+    for cls, name in _rows():
         key = name.encode()
-        out.append((name if cls is None else f"{cls}.{name}", rtx or not rtx_only, any(key in b for b in blobs)))
-    return ("tensorrt_rtx" if rtx else "tensorrt"), out
+        out.append((name if cls is None else f"{cls}.{name}", required(lib, cls, name), any(key in b for b in blobs)))
+    return lib, out
 
 
 def report(label: str, rows: list[tuple[str, bool, bool]]) -> int:
@@ -104,8 +132,8 @@ def report(label: str, rows: list[tuple[str, bool, bool]]) -> int:
     print(f"\n{label}")
     print(f"  {'name':45s} {'required':9s} present")
     for qual, required, present in rows:
-        state = "yes" if present else ("MISSING" if required else "no (not used by this library)")
-        print(f"  {qual:45s} {'yes' if required else 'rtx only':9s} {state}")
+        state = "yes" if present else ("MISSING" if required else "no (not used with this library)")
+        print(f"  {qual:45s} {'yes' if required else 'no':9s} {state}")
     need = [q for q, r, _p in rows if r]
     missing = [q for q, r, p in rows if r and not p]
     print(f"  {len(need) - len(missing)}/{len(need)} required names found"
@@ -118,7 +146,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--wheel", type=Path, nargs="+", help="TensorRT bindings wheels to check instead of the "
                     "installed libraries (pip download --no-deps tensorrt-cu13-bindings==VERSION)")
     args = ap.parse_args(argv)
-    missing, checked = 0, 0
+    missing, checked, seen = 0, 0, set()
     if args.wheel:
         for w in args.wheel:
             if not w.is_file():
@@ -128,9 +156,12 @@ def main(argv: list[str] | None = None) -> int:
             missing += report(f"{w.name} ({lib}; presence in the compiled bindings)", rows)
             checked += 1
     else:
-        for lib in ("tensorrt", "tensorrt_rtx"):
+        for lib in (*LIBRARY_NAMES, "tensorrt_lean_bindings"):
+            if lib == "tensorrt_lean_bindings" and "tensorrt_lean" in seen:
+                continue
             try:
                 mod = importlib.import_module(lib)
+                seen.add(_library(lib))
             except Exception as exc:  # noqa: BLE001 - any import failure means "not usable here"
                 print(f"{lib}: not importable ({type(exc).__name__}: {exc})")
                 continue
@@ -138,7 +169,7 @@ def main(argv: list[str] | None = None) -> int:
                               check_module(mod))
             checked += 1
         if not checked:
-            print("neither tensorrt nor tensorrt_rtx is installed: pip install tensorrt-rtx-cu13, or pass --wheel.",
+            print("no TensorRT library is installed: pip install tensorrt-rtx-cu13, or pass --wheel.",
                   file=sys.stderr)
             return 2
     return 1 if missing else 0

@@ -46,7 +46,8 @@ from segflow.runtime.trtlib import (
     check_plan,
     deferred_interrupt,
     gpu_info,
-    import_trt,
+    import_runner,
+    library_name,
     plan_batch,
     rebuild_hint,
     trt_logger,
@@ -116,8 +117,8 @@ def preflight(plan: str | Path) -> tuple[PlanInfo, Any, list[str]]:
     if not plan.is_file():
         raise ModelCardError(f"plan {plan} does not exist: build it with `runtime build`.")
     info = PlanInfo.read(plan)
-    trt = import_trt(info.library)
-    return info, trt, check_plan(plan, info, info.library, str(trt.__version__), gpu_info())
+    trt = import_runner(info)
+    return info, trt, check_plan(plan, info, library_name(trt), str(trt.__version__), gpu_info())
 
 
 def validity_error(trt: Any, plan: str | Path, validity: Any, diagnostics: int, info: PlanInfo | None = None
@@ -201,6 +202,8 @@ class TensorRTBackend(Backend):
                                f"`nvidia-smi` (CUDA 13 needs driver 580 or newer).") from exc
         self._logger = trt_logger(trt)
         runtime = trt.Runtime(self._logger)
+        if self.info.version_compatible:  # the plan carries its lean runtime (host code): ours, built by runtime build
+            runtime.engine_host_code_allowed = True
         data = self.path.read_bytes()
         if hasattr(runtime, "get_engine_validity"):
             try:

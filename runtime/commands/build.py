@@ -58,6 +58,13 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                         "auto (ModelOpt if installed, else segflow's)")
     p.add_argument("--compute-capability", default=None, metavar="CC[,CC...]",
                    help="TensorRT-RTX target GPUs, e.g. 7.5 for Turing (default: the library's own targets)")
+    p.add_argument("--version-compatible", action="store_true", default=None,
+                   help="full TensorRT: plans that later TensorRT versions and the 44 MB lean runtime (pip "
+                        "tensorrt-lean-cu13-bindings tensorrt-lean-cu13-libs) also run; they embed host code, so "
+                        "load only plans you built")
+    p.add_argument("--hardware-compatibility", default=None, choices=("none", "ampere+", "same-cc"),
+                   help="full TensorRT: plans for any Ampere-or-later GPU (ampere+) or any GPU of this one's "
+                        "compute capability (same-cc), at some speed cost (default: none, this GPU only)")
     p.add_argument("-q", "--quiet", action="store_true", help="no progress lines (the result line still prints)")
 
 
@@ -91,11 +98,14 @@ def parse_options(args: argparse.Namespace) -> dict:
     ccs = parse_compute_capabilities(args.compute_capability) if args.compute_capability is not None else ()
     return {"precision": args.precision, "batch": batches["--batch"], "encoder_batch": batches["--encoder-batch"],
             "workspace_bytes": workspace, "timing_cache": args.timing_cache, "builder": args.builder or "auto",
-            "conversion": args.conversion, "compute_capabilities": ccs}
+            "conversion": args.conversion, "compute_capabilities": ccs,
+            "version_compatible": bool(args.version_compatible),
+            "hardware_compatibility": args.hardware_compatibility or "none"}
 
 
 _DEFAULTS = {"batch": "1:16:64", "workspace": "4G"}
-_PLAN_ONLY = ("batch", "encoder_batch", "workspace", "timing_cache", "builder", "compute_capability")
+_PLAN_ONLY = ("batch", "encoder_batch", "workspace", "timing_cache", "builder", "compute_capability",
+              "version_compatible", "hardware_compatibility")
 
 
 def convert(args: argparse.Namespace) -> int:
@@ -131,12 +141,18 @@ def run(args: argparse.Namespace) -> int:
     eb = opts["encoder_batch"] or opts["batch"]
     targets = f", for compute {', '.join(info.target_compute_capabilities)}" if info.target_compute_capabilities \
         else ""
+    if info.version_compatible:
+        targets += ", version-compatible"
+    if info.hardware_compatibility == "ampere+":
+        targets += ", for Ampere and later GPUs"
+    elif info.hardware_compatibility == "same-cc":
+        targets += f", for GPUs of compute {info.compute_capability}"
     print(f"built {result.field} and {result.encoder} with {info.library} {info.trt_version}, {precision}, field "
           f"batch {opts['batch'][0]}..{opts['batch'][2]}, encoder batch {eb[0]}..{eb[2]}{targets}, on {gpu} in "
           f"{time.perf_counter() - t0:.1f} s; card {result.card}", file=sys.stdout)
     if opts["timing_cache"] and info.library == "tensorrt_rtx" and enc.library == "tensorrt_rtx":
         print(f"note: --timing-cache {opts['timing_cache']} was not used: TensorRT-RTX has no timing caches (it "
-              "compiles its kernels on the GPU that runs the plan, and keeps them in NAME.plan.rtcache).",
+              "compiles its kernels on the GPU that runs the plan, and keeps them in a runtime cache beside the plan).",
               file=sys.stderr)
     return 0
 

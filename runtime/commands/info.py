@@ -90,6 +90,12 @@ def run(args: argparse.Namespace) -> int:
 
                 targets = f", runs on compute {', '.join(RTX_DEFAULT_TARGETS)} and above {RTX_DEFAULT_TARGETS[-1]} " \
                     "(TensorRT-RTX's defaults)"
+            if b.get("hardware_compatibility") == "ampere+":
+                targets += ", runs on Ampere and later GPUs (compute 8.0+)"
+            elif b.get("hardware_compatibility") == "same-cc":
+                targets += f", runs on GPUs of compute {b['compute_capability']}"
+            if b.get("version_compatible"):
+                targets += f", version-compatible (TensorRT {b['trt_version']} and later, or its lean runtime)"
             print(f"  built with {b['library']} {b['trt_version']}, {b['precision']}, on {gpu}{targets}, "
                   f"from {b['onnx']}")
             for name, (lo, opt, hi) in sorted(b["profiles"].items()):

@@ -69,6 +69,8 @@ def _write(ptr: int, value: np.ndarray) -> None:
 
 def _runtime_api(mod: types.ModuleType) -> None:
     """Add DataType, TensorIOMode, nptype and Runtime (executing FAKEPLAN plans) to a fake module."""
+    lean = mod.__name__.startswith("tensorrt_lean")
+    mod.loads_refused = []  # why deserialize_cuda_engine returned None
     import onnxruntime as ort
 
     DataType = enum.IntEnum("DataType", {"FLOAT": 0, "HALF": 1, "INT8": 2, "INT32": 3, "BOOL": 4, "INT64": 8})
@@ -257,6 +259,8 @@ def _runtime_api(mod: types.ModuleType) -> None:
                 return RuntimeConfig()
 
     class Runtime:
+        engine_host_code_allowed = False  # a version-compatible plan's embedded lean runtime is host code
+
         def __init__(self, logger):
             mod.register_logger(logger, "createInferRuntime")
 
@@ -265,7 +269,15 @@ def _runtime_api(mod: types.ModuleType) -> None:
             if not data.startswith(PLAN_MAGIC):
                 return None
             header, onnx_bytes = data[len(PLAN_MAGIC):].split(b"\n", 1)
-            return Engine(json.loads(header)["profiles"], onnx_bytes)
+            header = json.loads(header)
+            vc = header.get("version_compatible", False)
+            if vc and not self.engine_host_code_allowed:  # TensorRT logs an error and returns null
+                mod.loads_refused.append("host code not allowed")
+                return None
+            if lean and not vc:  # the lean runtime runs version-compatible plans only
+                mod.loads_refused.append("not version-compatible")
+                return None
+            return Engine(header["profiles"], onnx_bytes)
 
     mod.DataType, mod.TensorIOMode, mod.Runtime = DataType, TensorIOMode, Runtime
     mod.ExecutionContextAllocationStrategy = Allocation
@@ -314,7 +326,9 @@ def make_fake_trt(name: str = "tensorrt", *, version: str = "11.4.0.106", inputs
         elif logger is not registered[0]:
             mod.logger_warnings.append(f"The logger passed into {what} differs from one already registered")
 
-    BuilderFlag = enum.IntEnum("BuilderFlag", {"FP16": 0, "INT8": 1, "TF32": 7})
+    BuilderFlag = enum.IntEnum("BuilderFlag", {"FP16": 0, "INT8": 1, "TF32": 7, "VERSION_COMPATIBLE": 13})
+    HardwareCompatibilityLevel = enum.IntEnum("HardwareCompatibilityLevel",
+                                              {"NONE": 0, "AMPERE_PLUS": 1, "SAME_COMPUTE_CAPABILITY": 2})
 
     flags = {"EXPLICIT_BATCH": 0, "STRONGLY_TYPED": 1} if strongly_typed else {"EXPLICIT_BATCH": 0}
     NetworkDefinitionCreationFlag = enum.IntEnum("NetworkDefinitionCreationFlag", flags)
@@ -377,6 +391,7 @@ def make_fake_trt(name: str = "tensorrt", *, version: str = "11.4.0.106", inputs
 
     class Config:
         profile = None
+        hardware_compatibility_level = HardwareCompatibilityLevel.NONE
 
         def __init__(self):
             self.flags = {BuilderFlag.TF32}  # TF32 is on by default in TensorRT and TensorRT-RTX
@@ -439,7 +454,9 @@ def make_fake_trt(name: str = "tensorrt", *, version: str = "11.4.0.106", inputs
                 return None
             if executable:
                 profiles = config.profile.shapes if config.profile is not None else {}
-                return PLAN_MAGIC + json.dumps({"profiles": profiles}).encode() + b"\n" + network.source.read_bytes()
+                header = {"profiles": profiles, "version_compatible": BuilderFlag.VERSION_COMPATIBLE in config.flags,
+                          "hardware": HardwareCompatibilityLevel(int(config.hardware_compatibility_level)).name}
+                return PLAN_MAGIC + json.dumps(header).encode() + b"\n" + network.source.read_bytes()
             return b"PLAN:" + bytes(str(network.flags), "ascii")
 
     mod = types.ModuleType(name)
@@ -449,11 +466,15 @@ def make_fake_trt(name: str = "tensorrt", *, version: str = "11.4.0.106", inputs
     mod.logger_warnings: list[str] = []  # a Builder or Runtime given a logger other than the registered one
     mod.build_flags: list[set] = []  # the builder flags each build_serialized_network ran with
     mod.register_logger = register_logger
-    for obj in (Logger, ILogger, NetworkDefinitionCreationFlag, MemoryPoolType, OnnxParser, Builder, BuilderFlag):
+    for obj in (Logger, ILogger, NetworkDefinitionCreationFlag, MemoryPoolType, OnnxParser, Builder, BuilderFlag,
+                HardwareCompatibilityLevel):
         setattr(mod, obj.__name__, obj)
     # the interface classes under TensorRT's own names (scripts/check_trt_api.py looks them up there)
     mod.INetworkDefinition, mod.ITensor, mod.IBuilderConfig = Network, Tensor, Config
     mod.IOptimizationProfile, mod.ITimingCache = Profile, TimingCache
     if executable:
         _runtime_api(mod)
+    if name.startswith("tensorrt_lean"):  # the lean runtime deserialises and runs; it builds and parses nothing
+        for attr in ("Builder", "OnnxParser", "NetworkDefinitionCreationFlag"):
+            delattr(mod, attr)
     return mod

@@ -24,7 +24,7 @@ from segflow.runtime import trtlib
 from segflow.runtime.cli import main as runtime_main
 from segflow.runtime.session import Cancelled, Segmenter
 
-from segflow.errors import BackendError, InputError
+from segflow.errors import BackendError, InputError, MissingDependency
 
 ITEMSIZE = {"tensor(float)": 4, "tensor(float16)": 2, "tensor(int64)": 8, "tensor(int32)": 4, "tensor(bool)": 1}
 KW = {"samples": 3, "steps": 3, "method": "heun", "stride": 12, "batch_size": 6, "seed": 5}
@@ -418,6 +418,58 @@ def test_rtx_runtime_cache_keeps_compiled_kernels_between_runs(rtx_plan, models_
     off = _run_plan(plan, other, models_meta, runtime_cache=False)
     assert off.runtime_cache is None and rtx.jit_compiles == 8
     assert other.races == []
+
+
+def test_a_version_compatible_plan_runs_on_the_lean_runtime_alone(blur_copy, cp, trt, models_meta, monkeypatch,
+                                                                  tmp_path, capsys):
+    """Built with full TensorRT and --version-compatible, the plans run where only the 44 MB lean runtime is
+    installed (its import name is tensorrt_lean_bindings); segflow allows the plan's embedded host code, which
+    TensorRT requires for such plans. A plan built without the flag is refused there with the rebuild."""
+    from fake_trt import make_fake_trt
+    from segflow.runtime import gpu
+
+    res = eng.build_engine(blur_copy, tmp_path / "vc" / "b.plan", precision="fp32", batch=(1, 6, 12),
+                           version_compatible=True, hardware_compatibility="ampere+")
+    assert trt.build_flags[-1] >= {trt.BuilderFlag.VERSION_COMPATIBLE}
+    info = trtlib.PlanInfo.read(res.field)
+    assert info.version_compatible and info.hardware_compatibility == "ampere+"
+    plain = eng.build_engine(blur_copy, tmp_path / "plain" / "b.plan", precision="fp32", batch=(1, 6, 12)).field
+    capsys.readouterr()
+    assert runtime_main(["info", "--engine", str(res.field)]) == 0
+    assert ", runs on Ampere and later GPUs (compute 8.0+), version-compatible (TensorRT 11.4.0.106 and later, or " \
+           "its lean runtime)" in capsys.readouterr().out
+    lean = make_fake_trt("tensorrt_lean_bindings", version="11.5.0.2", executable=True)
+    monkeypatch.setitem(sys.modules, "tensorrt", None)
+    monkeypatch.setitem(sys.modules, "tensorrt_lean", None)
+    monkeypatch.setitem(sys.modules, "tensorrt_lean_bindings", lean)
+    assert not hasattr(lean, "Builder")
+    b = _run_plan(res.field, cp, models_meta)
+    assert b.describe()["library"] == "tensorrt" and lean.loads_refused == []
+    with gpu.open_segmenter(res.field, threads=1, **KW) as seg:
+        assert seg(_image()).n_instances >= 0
+    with pytest.raises(BackendError, match=r"b.plan is not version-compatible, and the TensorRT lean runtime "
+                                           r"installed here runs only such plans: rebuild it with `runtime build .*"
+                                           r"--version-compatible`"):
+        gpu.open_segmenter(plain, threads=1, **KW)
+    monkeypatch.setitem(sys.modules, "tensorrt_lean_bindings", None)
+    with pytest.raises(MissingDependency, match=r"needs TensorRT or its lean runtime, neither is installed: run "
+                                                r"`pip install tensorrt-lean-cu13-bindings tensorrt-lean-cu13-libs`"):
+        gpu.open_segmenter(res.field, threads=1, **KW)
+
+
+def test_portability_flags_are_for_full_tensorrt_plans(blur_copy, tmp_path, monkeypatch, capsys):
+    from fake_trt import make_fake_trt
+
+    monkeypatch.setitem(sys.modules, "tensorrt", None)
+    monkeypatch.setitem(sys.modules, "tensorrt_rtx", make_fake_trt("tensorrt_rtx", version="1.7.1.116"))
+    for flags in (["--version-compatible"], ["--hardware-compatibility", "ampere+"]):
+        assert runtime_main(["build", "--onnx", str(blur_copy), "--out", str(tmp_path / "r.plan"), *flags]) == 2
+        err = capsys.readouterr().err
+        assert f"{flags[0]} is for full TensorRT plans; TensorRT-RTX plans run on the GPUs of their " \
+               "--compute-capability targets" in err and len(err.strip().splitlines()) == 1
+        assert runtime_main(["build", "--onnx", str(blur_copy), "--out", str(tmp_path / "r.onnx"), *flags]) == 2
+        assert "applies to TensorRT plans, not to an .onnx --out" in capsys.readouterr().err
+    assert not list(tmp_path.glob("r.*"))
 
 
 def test_segment_says_when_tensorrt_rtx_compiles_at_first_use(rtx_plan, tmp_path, capsys):

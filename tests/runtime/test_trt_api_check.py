@@ -52,7 +52,7 @@ def test_fake_has_every_required_name_and_a_removed_one_is_reported(check, insta
     assert len(rows) == sum(len(v) for v in check.API.values())
     assert all(present for _q, required, present in rows if required)
     assert check.main([]) == 0
-    assert "54/54 required names found" in capsys.readouterr().out  # 67 names, 13 used only with tensorrt_rtx
+    assert "61/61 required names found" in capsys.readouterr().out  # 74 names, 13 used only with tensorrt_rtx
 
     del fake.IExecutionContext.execute_async_v3
     assert check.main([]) == 1
@@ -76,7 +76,7 @@ def test_wheel_mode_reports_absent_names(check, tmp_path, capsys):
     every = _table_names(check)
     full = _wheel(tmp_path / "tensorrt_cu13_bindings-99.0-cp311-none-any.whl", every)
     assert check.main(["--wheel", str(full)]) == 0
-    assert "54/54 required names found" in capsys.readouterr().out
+    assert "61/61 required names found" in capsys.readouterr().out
 
     lacking = _wheel(tmp_path / "tensorrt_cu13_bindings-98.0-cp311-none-any.whl", every - {"set_tensor_address"})
     assert check.main(["--wheel", str(lacking)]) == 1
@@ -101,3 +101,22 @@ def test_real_tensorrt_rtx_has_every_name(check):
     trt = pytest.importorskip("tensorrt_rtx")
     missing = [q for q, required, present in check.check_module(trt) if required and not present]
     assert missing == []
+
+
+def test_the_lean_runtime_is_checked_for_what_running_a_plan_needs(check, monkeypatch, capsys):
+    """tensorrt_lean runs version-compatible plans and builds nothing: its rows require the run-side names only,
+    and one it lacks is reported."""
+    import sys
+
+    lean = make_fake_trt("tensorrt_lean_bindings", executable=True)
+    for name in ("tensorrt", "tensorrt_rtx", "tensorrt_lean"):
+        monkeypatch.setitem(sys.modules, name, None)
+    monkeypatch.setitem(sys.modules, "tensorrt_lean_bindings", lean)
+    rows = {q: (r, p) for q, r, p in check.check_module(lean)}
+    assert rows["Runtime.engine_host_code_allowed"] == (True, True) and rows["Builder"] == (False, False)
+    assert not rows["IBuilderConfig.set_memory_pool_limit"][0] and rows["IExecutionContext.execute_async_v3"][0]
+    assert check.main([]) == 0
+    assert "tensorrt_lean_bindings 11.4.0.106" in (out := capsys.readouterr().out) and "28/28 required names" in out
+    del lean.Runtime.engine_host_code_allowed
+    assert check.main([]) == 1
+    assert "missing: Runtime.engine_host_code_allowed" in capsys.readouterr().out

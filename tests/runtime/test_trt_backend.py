@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib.util
+import json
 import shutil
 import sys
 import types
@@ -284,3 +285,57 @@ def test_rtx_probe_reports_the_library_own_answer():
     assert "tensorrt_rtx log [" in out  # the library's own words, through the probe's logger
     if "GPU: none visible" in out:
         assert "deserialize_cuda_engine: returned None" in out
+
+
+# -- version- and hardware-compatible plans (full TensorRT) -----------------------------------------------------
+@pytest.mark.parametrize("built, running, ok", [
+    ("11.4.0.106", "11.4.0.106", True), ("11.4.0.106", "11.5.0.2", True), ("11.4.0.106", "11.3.1.0", False),
+    ("10.16.1.11", "11.4.0.106", True), ("8.6.1", "10.13.3.9", True), ("8.6.1", "11.4.0.106", False),
+    ("11.4.0.106", "12.0.0", False), ("10.16.1.11", "10.13.3.9", False)])
+def test_version_compatible_plans_run_on_later_versions_nvidia_supports(built, running, ok):
+    """NVIDIA: a version-compatible plan runs on the same or a later version of its major release, and across
+    8 -> 10 and 10 -> 11 only; full TensorRT and the lean runtime alike."""
+    info = _info(trt_version=built, version_compatible=True)
+    for library in ("tensorrt", "tensorrt_lean"):
+        if ok:
+            assert check_plan("m.plan", info, library, running, ADA) == []
+        else:
+            with pytest.raises(BackendError, match=rf"m.plan is version-compatible from TensorRT {built}, which "
+                                                   rf"{library} {running} cannot run .*--version-compatible"):
+                check_plan("m.plan", info, library, running, ADA)
+
+
+def test_the_lean_runtime_refuses_other_plans_with_the_rebuild():
+    with pytest.raises(BackendError, match=r"m.plan is not version-compatible, and the TensorRT lean runtime installed "
+                                           r"here runs only such plans: rebuild it with `runtime build --onnx m.onnx "
+                                           r"--out m.plan --precision fp16 --builder tensorrt --batch 1:16:64 "
+                                           r"--version-compatible`, or install full TensorRT"):
+        check_plan("m.plan", _info(), "tensorrt_lean", "11.4.0.106", ADA)
+
+
+def test_hardware_compatible_plans_run_on_the_gpus_they_were_built_for():
+    ampere = _info(hardware_compatibility="ampere+", gpu_name=H100.name, compute_capability="9.0")
+    for gpu in (ADA, H100, GpuInfo("NVIDIA A100-SXM4-80GB", "8.0"), GpuInfo("RTX PRO 6000 Blackwell", "12.0")):
+        assert check_plan("m.plan", ampere, "tensorrt", "11.4.0.106", gpu) == []
+    with pytest.raises(BackendError, match=r"built for Ampere and later GPUs \(compute 8.0\+\) but this machine has "
+                                           r"Quadro RTX 8000 \(compute 7.5\): rebuild it here with `runtime build "
+                                           r"--onnx m.onnx --out m.plan --precision fp16 --builder tensorrt --batch "
+                                           r"1:16:64`\.$"):  # for this GPU only: Turing is not Ampere+
+        check_plan("m.plan", ampere, "tensorrt", "11.4.0.106", GpuInfo("Quadro RTX 8000", "7.5"))
+    same = _info(hardware_compatibility="same-cc")
+    assert check_plan("m.plan", same, "tensorrt", "11.4.0.106", GpuInfo("NVIDIA GeForce RTX 4090", "8.9")) == []
+    with pytest.raises(BackendError, match="compute 8.9.*compute 9.0"):
+        check_plan("m.plan", same, "tensorrt", "11.4.0.106", H100)
+
+
+def test_build_records_without_the_portability_fields_still_read(tmp_path):
+    plan = tmp_path / "old.plan"
+    plan.write_bytes(b"x")
+    record = {k: v for k, v in json.loads(_info().to_json()).items()
+              if k not in ("version_compatible", "hardware_compatibility")}
+    sidecar_path(plan).write_text(json.dumps(record))
+    info = PlanInfo.read(plan)
+    assert info.version_compatible is False and info.hardware_compatibility == "none"
+    sidecar_path(plan).write_text(json.dumps({**record, "hardware_compatibility": "turing+"}))
+    with pytest.raises(ModelCardError, match="unreadable"):
+        PlanInfo.read(plan)

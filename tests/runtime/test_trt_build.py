@@ -84,7 +84,7 @@ def test_profile_shapes_static_and_dynamic_channels():
 def _args(**kw):
     base = {"onnx": "m.onnx", "out": "m.plan", "precision": "fp16", "batch": None, "encoder_batch": None,
             "workspace": None, "timing_cache": None, "builder": None, "conversion": "segflow",
-            "compute_capability": None, "quiet": True}
+            "compute_capability": None, "version_compatible": None, "hardware_compatibility": None, "quiet": True}
     base.update(kw)
     return argparse.Namespace(**base)
 
