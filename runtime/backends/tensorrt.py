@@ -18,8 +18,12 @@ deserialisation. Inference uses the name-based API (``set_input_shape``, ``set_t
   the library captures and replays per shape itself (``IRuntimeConfig.cuda_graph_strategy =
   WHOLE_GRAPH_CAPTURE``): application stream capture of an RTX plan needs plans built with
   ``REQUIRE_USER_ALLOCATION`` and does not mix with its just-in-time, shape-specialised kernels. If capture
-  fails the backend warns and falls back to plain launches. Per-shape state (output buffers; in graph modes
-  also the fixed inputs, graphs and contexts) is kept for the ``GRAPH_SIGNATURES`` most recent shapes.
+  fails the backend warns and falls back to plain launches.
+* Device memory for the tensors is allocated once per tensor, at the profile's largest batch: a call of ``n``
+  samples binds the first ``n`` rows (a contiguous prefix, at the same aligned address for every batch size).
+  Outputs always live there; in graph modes the inputs are copied there too, so every graph and every
+  TensorRT-RTX replay sees the same addresses whatever the batch, and nothing grows with the number of batch
+  sizes seen except one small execution context (and graph) per size in ``capture`` mode.
 * TensorRT-RTX compiles its kernels for the GPU at first use (just in time). The backend keeps them in a
   runtime cache file per GPU model, ``NAME.plan.sm89-<hash>.rtcache`` beside the plan, or under
   ``$XDG_CACHE_HOME/segflow`` (default
@@ -34,7 +38,6 @@ from __future__ import annotations
 import hashlib
 import os
 import warnings
-from collections import OrderedDict
 from pathlib import Path
 from typing import Any
 
@@ -57,11 +60,6 @@ from segflow.errors import BackendError, ModelCardError, require_cupy
 from segflow.imageio import atomic_path
 
 __all__ = ["TensorRTBackend", "check_profile", "validity_error", "runtime_cache_path", "preflight"]
-
-#: Input-shape signatures a backend keeps device state for (output buffers; with CUDA graphs also the fixed
-#: input buffers, the graph and its context), least recently used dropped first. A run of one image size uses
-#: two per plan (full batches and the remainder); more keep a few sizes warm.
-GRAPH_SIGNATURES = 4
 
 _warned: set[str] = set()  # warnings about a plan pair, said once per process (field and encoder plans share them)
 
@@ -172,12 +170,10 @@ class TensorRTBackend(Backend):
         self._outputs: dict[str, TensorMeta] = {}
         self._profile: dict[str, tuple[tuple[int, ...], tuple[int, ...]]] = {}
         self._opt: dict[str, tuple[int, ...]] = {}  # the profile's OPT shape per input (kernels are tuned for it)
-        self._out_buffers: OrderedDict[tuple, Any] = OrderedDict()  # (output name, shape) -> reused device buffer
+        self._rows: dict[str, Any] = {}  # tensor name -> device buffer of the profile's largest batch (docstring)
         self.graph_mode: str | None = None  # "capture" (segflow captures) or "tensorrt_rtx" (the library does)
         self._graphs: dict[tuple, tuple[Any, dict[str, Any]]] = {}  # signature -> (graph, its output buffers)
         self._contexts: dict[tuple, Any] = {}  # signature -> its own execution context ("capture" mode)
-        # signature -> fixed input buffers (graph modes), least recently used first; at most GRAPH_SIGNATURES
-        self._static: OrderedDict[tuple, dict[str, Any]] = OrderedDict()
         self._config: Any = None  # TensorRT-RTX runtime configuration
         self._scratch: Any = None  # activation memory shared by the contexts ("capture" mode)
         self._keep: list[Any] = []
@@ -303,8 +299,7 @@ class TensorRTBackend(Backend):
             self._save_runtime_cache()
         self._graphs.clear()
         self._contexts.clear()
-        self._static.clear()
-        self._out_buffers.clear()
+        self._rows.clear()
         self._keep = []
         # the contexts and the runtime configuration go before the runtime cache they were given
         self.context = self.engine = self.stream = self._config = self._scratch = None
@@ -345,8 +340,19 @@ class TensorRTBackend(Backend):
             raise BackendError(f"{self.info.library} refused the device address of tensor {name!r} for plan "
                                f"{self.path} (see the log above).")
 
+    def _rows_of(self, name: str, shape: tuple[int, ...], dtype: Any) -> Any:
+        """The first ``shape[0]`` rows of tensor ``name``'s buffer, allocated once at the profile's largest batch
+        (again only if a call needs other trailing dimensions; graphs bound to the old buffer are then dropped)."""
+        buf = self._rows.get(name)
+        if buf is not None and (buf.shape[1:] != shape[1:] or buf.shape[0] < shape[0] or buf.dtype != dtype):
+            self.stream.synchronize()  # only if the plan's shapes vary beyond the batch: rare
+            self._graphs.clear()  # they were captured on the old buffer
+        with self.stream:  # (a view: no device work, but the CuPy stand-in counts indexing as a read)
+            if buf is None or buf.shape[1:] != shape[1:] or buf.shape[0] < shape[0] or buf.dtype != dtype:
+                buf = self._rows[name] = self.cp.empty((max(self.max_batch, shape[0]), *shape[1:]), dtype=dtype)
+            return buf[: shape[0]]
+
     def _bind(self, ctx: Any, inputs: dict[str, Any]) -> dict[str, Any]:
-        cp = self.cp
         for name, arr in inputs.items():
             if not ctx.set_input_shape(name, tuple(arr.shape)):
                 raise BackendError(f"plan {self.path} rejected input {name!r} of shape {list(arr.shape)}: "
@@ -354,18 +360,8 @@ class TensorRTBackend(Backend):
             self._address(ctx, name, arr)
         outs = {}
         for name, meta in self._outputs.items():
-            shape = tuple(int(d) for d in ctx.get_tensor_shape(name))
-            buf = self._out_buffers.get((name, shape))
-            if buf is not None:
-                self._out_buffers.move_to_end((name, shape))
-            else:
-                if len(self._out_buffers) >= GRAPH_SIGNATURES * len(self._outputs):
-                    self.stream.synchronize()  # no queued work may still write the buffer about to be freed
-                    self._out_buffers.popitem(last=False)
-                with self.stream:
-                    buf = self._out_buffers[(name, shape)] = cp.empty(shape, dtype=meta.dtype)
-            self._address(ctx, name, buf)
-            outs[name] = buf
+            outs[name] = self._rows_of(name, tuple(int(d) for d in ctx.get_tensor_shape(name)), meta.dtype)
+            self._address(ctx, name, outs[name])
         return outs
 
     def _run(self, ctx: Any, inputs: dict[str, Any]) -> dict[str, Any]:
@@ -378,17 +374,10 @@ class TensorRTBackend(Backend):
         if self.graph_mode is None:
             return self._run(self.context, inputs)
         key = tuple((n, tuple(a.shape)) for n, a in sorted(inputs.items()))
-        static = self._static.get(key)
-        if static is None:
-            self._forget_signatures(GRAPH_SIGNATURES - 1)
-        else:
-            self._static.move_to_end(key)
-        with self.stream:  # fixed addresses per signature, as a graph needs; ordered before the run on the stream
-            if static is None:
-                static = self._static[key] = {n: a.copy() for n, a in inputs.items()}
-            else:
-                for name, arr in inputs.items():
-                    static[name][...] = arr
+        static = {n: self._rows_of(n, tuple(a.shape), a.dtype) for n, a in inputs.items()}
+        with self.stream:  # fixed addresses, as a graph needs; ordered before the run on the stream
+            for name, arr in inputs.items():
+                static[name][...] = arr
         if self.graph_mode == "tensorrt_rtx":  # the library captures and replays each shape itself
             return self._run(self.context, static)
         if key in self._graphs:
@@ -408,27 +397,11 @@ class TensorRTBackend(Backend):
         graph.launch(self.stream)
         return outs
 
-    def _forget_signatures(self, keep: int) -> None:
-        """Drop the least recently used signatures' buffers, graphs and contexts until ``keep`` are left: every
-        image size has its own remainder batch, and a long-lived backend would otherwise hold a graph, a context
-        and input/output buffers for each one it ever saw."""
-        if len(self._static) <= keep:
-            return
-        self.stream.synchronize()  # nothing queued may still read the buffers about to be freed
-        while len(self._static) > keep:
-            key, _buffers = self._static.popitem(last=False)
-            self._graphs.pop(key, None)
-            self._contexts.pop(key, None)
-
     def _capture(self, ctx: Any, static: dict[str, Any]) -> tuple[Any, dict[str, Any]] | None:
         """Capture one ``execute_async_v3`` of ``ctx`` on the fixed buffers; None (plain launches from now on)
-        if the capture fails."""
-        cp = self.cp
-        with self.stream:
-            outs = {n: cp.empty(tuple(int(d) for d in ctx.get_tensor_shape(n)), dtype=m.dtype)
-                    for n, m in self._outputs.items()}  # owned by the graph, never reallocated
-        for name, arr in (*static.items(), *outs.items()):
-            self._address(ctx, name, arr)
+        if the capture fails. All graphs share the buffers: they run in order on the one stream, and each call's
+        outputs are copied (on that stream) before the next call writes them."""
+        outs = self._bind(ctx, static)
         self.stream.synchronize()  # the warm-up run has finished before capture begins
         try:
             self.stream.begin_capture()
@@ -444,7 +417,6 @@ class TensorRTBackend(Backend):
             self.cuda_graph, self.graph_mode = False, None
             self._contexts.clear()
             self._graphs.clear()
-            self._static.clear()
             return None
         return graph, outs
 
