@@ -386,6 +386,13 @@ def _check_graph(path: Path) -> None:
     load_graph(onnx, path, load_external_data=False)
 
 
+def _encoder_range(batch: tuple[int, int, int], card: ModelCard) -> tuple[int, int, int]:
+    """The encoder's default profile: the field's range, tuned (OPT) for the tiles of one full field call, which
+    holds the card's default K samples of each (encoder calls take batch // K tiles)."""
+    k = max(1, int(card.sampling.get("samples", 4)))
+    return batch[0], max(batch[0], batch[1] // k), batch[2]
+
+
 def _check_portability(trt: ModuleType, version_compatible: Any, hardware: Any) -> None:
     if not isinstance(version_compatible, bool):
         raise InputError(f"version_compatible {version_compatible!r} must be True or False.")
@@ -476,7 +483,8 @@ def build_engine(onnx_path: str | Path, out_plan: str | Path, *, precision: str 
     conversion : {"segflow", "modelopt", "auto"}
         Precision conversion method (see :mod:`segflow.runtime.autocast`; default: segflow's cast pass).
     encoder_batch : (min, opt, max), optional
-        Tiles per encoder call (default: ``batch``).
+        Tiles per encoder call (default: ``batch`` with OPT divided by the card's default K, the tiles a full
+        field call holds).
     compute_capabilities : tuple of str
         TensorRT-RTX target GPUs (default: the library's, 8.0/8.6/8.9/12.0 and later).
     version_compatible : bool
@@ -518,7 +526,7 @@ def build_engine(onnx_path: str | Path, out_plan: str | Path, *, precision: str 
     infos = []
     with staged_outputs(field_plan.parent, say) as stage, tempfile.TemporaryDirectory(prefix="segflow-build-") as tmp:
         jobs = (("field", engine.field, field_plan, batch),
-                ("encoder", engine.encoder, encoder_plan, encoder_batch or batch))
+                ("encoder", engine.encoder, encoder_plan, encoder_batch or _encoder_range(batch, card)))
         feeds = sample_feeds(engine, card) if precision != "fp32" and conversion_method(conversion) == "modelopt" \
             else {}
         for role, src, dst, rng in jobs:

@@ -313,7 +313,10 @@ class TensorRTBackend(Backend):
 
     @property
     def opt_batch(self) -> int | None:
-        """The batch (dim 0) the plan's kernels were tuned for (the build's ``--batch`` OPT), or None."""
+        """The batch (dim 0) full TensorRT tuned the plan's kernels for (the build's ``--batch`` OPT); None for
+        TensorRT-RTX, which compiles its kernels per shape at first use."""
+        if self.info is not None and self.info.library == "tensorrt_rtx":
+            return None
         return min((o[0] for o in self._opt.values() if o), default=None)
 
     @property

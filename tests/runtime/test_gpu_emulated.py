@@ -227,6 +227,8 @@ def test_device_segmenter_on_ort_cuda_matches_cpu(ort_on_cpu, cp, models_dir, cp
 def test_tensorrt_backend_runs_a_plan(plan, cp, trt, models_meta):
     from segflow.runtime.backends.tensorrt import TensorRTBackend
 
+    # the encoder plan's default profile is tuned for the tiles of a full field call: OPT 6 // the card's K=2
+    assert trtlib.plan_batch(trtlib.PlanInfo.read(plan.with_name("blur.encoder.plan"))) == (1, 3, 12)
     with TensorRTBackend(plan) as b:
         assert b.max_batch == 12 and set(b.input_metadata()) == {"x", "t", "features"}
         feed = _feed(4)
@@ -245,7 +247,7 @@ def test_tensorrt_backend_runs_a_plan(plan, cp, trt, models_meta):
         # the rebuild repeats the build (its graph, precision, library, MIN and OPT) with MAX raised to the batch
         with pytest.raises(BackendError, match=r"outside the plan's profile.*`runtime build --onnx \S*blur.onnx --out "
                                                r"\S*blur.plan --precision fp32 --builder tensorrt --batch 1:6:13 "
-                                               r"--encoder-batch 1:6:12`"):
+                                               r"--encoder-batch 1:3:12`"):
             b.infer(_feed(13))
     assert trt.executions == 4
 
@@ -646,7 +648,7 @@ def test_a_batch_size_beyond_the_plans_profile_names_the_rebuild(plan, cp, trt):
 
     with pytest.raises(InputError, match=r"--batch-size 13 exceeds the largest batch engine .*\(12\): lower it or "
                                          r"rebuild with `runtime build --onnx \S*blur.onnx --out \S*blur.plan "
-                                         r"--precision fp32 --builder tensorrt --batch 1:6:13 --encoder-batch 1:6:12`"):
+                                         r"--precision fp32 --builder tensorrt --batch 1:6:13 --encoder-batch 1:3:12`"):
         gpu.open_segmenter(plan, threads=1, **{**KW, "batch_size": 13})
 
 
