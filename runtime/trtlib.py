@@ -171,11 +171,17 @@ def import_runner(info: PlanInfo) -> ModuleType:
                 except ImportError:
                     continue
             raise
+    found = []
     for name in VC_RUNNERS:
         try:
-            return importlib.import_module(name)
+            found.append(importlib.import_module(name))
         except ImportError:
             continue
+    for mod in found:  # the first that can run it (an older full TensorRT may sit beside a matching lean runtime)
+        if vc_runs_on(info.trt_version, library_name(mod), str(mod.__version__)):
+            return mod
+    if found:
+        return found[0]  # check_plan says why it cannot
     raise MissingDependency(f"this version-compatible plan needs TensorRT or its lean runtime, neither is "
                             f"installed: run `pip install {PACKAGES['tensorrt_lean']}` (44 MB, runs such plans "
                             f"only) or `pip install {PACKAGES['tensorrt']}`.")
@@ -183,6 +189,13 @@ def import_runner(info: PlanInfo) -> ModuleType:
 
 def _major(version: str) -> int:
     return int(version.split(".")[0])
+
+
+def vc_runs_on(built: str, library: str, running: str) -> bool:
+    """Whether a version-compatible plan built by TensorRT ``built`` runs on ``library`` ``running``: full
+    TensorRT per :func:`vc_runs`; the lean runtime only for plans of its own version (NVIDIA ships one lean
+    runtime per version; running other versions' plans is the dispatch runtime's job)."""
+    return running == built if library == "tensorrt_lean" else vc_runs(built, running)
 
 
 def vc_runs(built: str, running: str) -> bool:
@@ -415,6 +428,12 @@ def check_plan(plan: str | Path, info: PlanInfo, library: str, version: str, gpu
     """
     hint = rebuild_hint(plan, info=info, library=library)
     if info.version_compatible and info.library == "tensorrt" and library in ("tensorrt", "tensorrt_lean"):
+        if library == "tensorrt_lean" and version != info.trt_version:
+            v = info.trt_version
+            raise BackendError(f"plan {plan} was built by TensorRT {v}, and the TensorRT lean runtime runs plans of "
+                               f"its own version only, but {version} is installed: run `pip install "
+                               f"tensorrt-lean-cu13-bindings=={v} tensorrt-lean-cu13-libs=={v}`, or rebuild with "
+                               f"{hint}.")
         if not vc_runs(info.trt_version, version):
             raise BackendError(f"plan {plan} is version-compatible from TensorRT {info.trt_version}, which "
                                f"{library} {version} cannot run (it needs the same or a later version of that "

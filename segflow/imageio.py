@@ -36,6 +36,8 @@ def make_stage(folder: str | Path, prefix: str) -> Path:
 
 
 def _process_alive(pid: int) -> bool:
+    if os.name == "nt":  # os.kill(pid, 0) sends CTRL_C_EVENT there: never probe, never remove
+        return True
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
@@ -53,7 +55,8 @@ def remove_stale_stages(folder: str | Path, pattern: str, say: Callable[[str], N
 
     A SIGKILL (the kernel's out-of-memory killer, a scheduler's hard stop) or a power cut skips a run's cleanup,
     and its staging folder can hold full-size plans or slide-size maps. Folders of live processes, of other hosts
-    (a shared disk) and without a readable owner record are left alone; ``say`` is told of each removal.
+    (a shared disk) and without a readable owner record are left alone; ``say`` is told of each removal. On
+    Windows nothing is removed (no safe liveness probe without extra dependencies).
     """
     folder = Path(folder)
     if not folder.is_dir():

@@ -449,8 +449,11 @@ class TensorRTBackend(Backend):
 
     def describe(self) -> dict[str, Any]:
         info = self.info
-        return {"name": self.name, "library": info.library if info else None,
-                "version": info.trt_version if info else None, "precision": info.precision if info else None,
+        running = self.trt is not None and getattr(self.trt, "__version__", None) is not None
+        return {"name": self.name, "library": library_name(self.trt) if running else info.library if info else None,
+                "version": str(self.trt.__version__) if running else info.trt_version if info else None,
+                "built_with": f"{info.library} {info.trt_version}" if info else None,
+                "precision": info.precision if info else None,
                 "gpu": info.gpu_name if info else None, "cuda_graph": self.cuda_graph,
                 "cuda_graph_mode": self.graph_mode, "max_batch": self.max_batch if self._profile else None,
                 "runtime_cache": str(self.runtime_cache) if self.runtime_cache else None,

@@ -442,13 +442,19 @@ def test_a_version_compatible_plan_runs_on_the_lean_runtime_alone(blur_copy, cp,
     assert runtime_main(["info", "--engine", str(res.field)]) == 0
     assert ", runs on Ampere and later GPUs (compute 8.0+), version-compatible (TensorRT 11.4.0.106 and later, or " \
            "its lean runtime)" in capsys.readouterr().out
-    lean = make_fake_trt("tensorrt_lean_bindings", version="11.5.0.2", executable=True)
+    lean = make_fake_trt("tensorrt_lean_bindings", version="11.4.0.106", executable=True)  # one per version
+    older = make_fake_trt("tensorrt", version="11.3.0.1", executable=True)
+    monkeypatch.setitem(sys.modules, "tensorrt", older)  # too old for the plan: the lean runtime beside it runs it
+    monkeypatch.setitem(sys.modules, "tensorrt_lean", None)
+    monkeypatch.setitem(sys.modules, "tensorrt_lean_bindings", lean)
+    assert trtlib.library_name(trtlib.import_runner(info)) == "tensorrt_lean"
     monkeypatch.setitem(sys.modules, "tensorrt", None)
     monkeypatch.setitem(sys.modules, "tensorrt_lean", None)
     monkeypatch.setitem(sys.modules, "tensorrt_lean_bindings", lean)
     assert not hasattr(lean, "Builder")
     b = _run_plan(res.field, cp, models_meta)
-    assert b.describe()["library"] == "tensorrt" and lean.loads_refused == []
+    assert b.describe()["library"] == "tensorrt_lean" and b.describe()["built_with"] == "tensorrt 11.4.0.106"
+    assert lean.loads_refused == []
     with gpu.open_segmenter(res.field, threads=1, **KW) as seg:
         assert seg(_image()).n_instances >= 0
     with pytest.raises(BackendError, match=r"b.plan is not version-compatible, and the TensorRT lean runtime "
