@@ -104,7 +104,8 @@ EOF
     n=$(find .gpu -maxdepth 1 -name 'part*' -type d | wc -l)
     ls -l .gpu/*/
     # what each call carries besides the parts: the working tree (tracked and untracked, not ignored)
-    tree=$(git ls-files -z --cached --others --exclude-standard | du -cb --files0-from=- 2>/dev/null | tail -1 | cut -f1)
+    tree=$(git ls-files -z --cached --others --exclude-standard | xargs -0 -r stat -c %s -- 2>/dev/null \
+      | awk '{s += $1} END {print s + 0}' || true)   # files deleted but still tracked are skipped
     size() { du -cb "$@" | tail -1 | cut -f1; }
     big=0; for d in .gpu/part*/; do s=$(size "$d"); [ "$s" -gt "$big" ] && big=$s; done
     [ $((tree + big)) -lt "$CARRY_LIMIT" ] || echo "warning: the working tree ($((tree >> 20)) MiB) plus the" \

@@ -28,11 +28,23 @@ def make_stage(folder: str | Path, prefix: str) -> Path:
     tell it was left by a killed run (:func:`remove_stale_stages`)."""
     stage = Path(tempfile.mkdtemp(prefix=prefix, dir=folder))
     try:
-        (stage / STAGE_OWNER).write_text(json.dumps({"host": socket.gethostname(), "pid": os.getpid()}))
+        (stage / STAGE_OWNER).write_text(json.dumps({**_this_machine(), "pid": os.getpid()}))
     except BaseException:
         shutil.rmtree(stage, ignore_errors=True)
         raise
     return stage
+
+
+def _this_machine() -> dict[str, Any]:
+    """Where a pid means something: the host name, and on Linux the boot and the pid namespace (a container
+    sharing the host's name has pids of its own)."""
+    where: dict[str, Any] = {"host": socket.gethostname(), "boot": None, "pidns": None}
+    try:
+        where["boot"] = Path("/proc/sys/kernel/random/boot_id").read_text().strip()
+        where["pidns"] = os.stat("/proc/self/ns/pid").st_ino
+    except OSError:
+        pass
+    return where
 
 
 def _process_alive(pid: int) -> bool:
@@ -55,18 +67,19 @@ def remove_stale_stages(folder: str | Path, pattern: str, say: Callable[[str], N
 
     A SIGKILL (the kernel's out-of-memory killer, a scheduler's hard stop) or a power cut skips a run's cleanup,
     and its staging folder can hold full-size plans or slide-size maps. Folders of live processes, of other hosts
-    (a shared disk) and without a readable owner record are left alone; ``say`` is told of each removal. On
-    Windows nothing is removed (no safe liveness probe without extra dependencies).
+    (a shared disk), boots or pid namespaces (containers), and without a readable owner record are left alone;
+    ``say`` is told of each removal. On Windows nothing is removed (no safe liveness probe there).
     """
     folder = Path(folder)
     if not folder.is_dir():
         return
-    host = socket.gethostname()
+    here = _this_machine()
     for stage in sorted(folder.glob(pattern)):
         try:
             owner = json.loads((stage / STAGE_OWNER).read_text())
             pid = owner["pid"]
-            if owner["host"] != host or not isinstance(pid, int) or pid <= 0 or _process_alive(pid):
+            if any(owner.get(k) != v for k, v in here.items()) or not isinstance(pid, int) or pid <= 0 \
+                    or _process_alive(pid):
                 continue
         except (OSError, ValueError, KeyError, TypeError):
             continue

@@ -170,16 +170,17 @@ def test_cancel_keeps_nothing(seg, image, tmp_path):
 def test_a_killed_runs_staging_folder_is_removed(seg, image, tmp_path):
     """The out-of-memory killer skips a slide run's cleanup; the next run into that folder removes the staging
     folder the dead process left (and says so), but not a live process's."""
-    import socket
     import subprocess
     import sys
+
+    from segflow import imageio
 
     dead = int(subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True,
                               text=True).stdout)
     for name, pid in (("killed", dead), ("live", os.getpid())):
         stage = tmp_path / f".{name}.wsi-abc"
         (stage / "maps.zarr").mkdir(parents=True)
-        (stage / ".segflow-owner.json").write_text(json.dumps({"host": socket.gethostname(), "pid": pid}))
+        (stage / ".segflow-owner.json").write_text(json.dumps({**imageio._this_machine(), "pid": pid}))
     with pytest.warns(UserWarning, match=f"removed {tmp_path / '.killed.wsi-abc'}, left by an interrupted run "
                                          f"\\(process {dead}\\)"):
         segment_slide(seg, ArrayReader(image, name="c"), tmp_path, options=SlideOptions(block=80, tissue=False))

@@ -17,6 +17,7 @@ from segflow.runtime import trtlib
 from segflow.runtime.commands import build as build_cmd
 from segflow.runtime.trtlib import PlanInfo, sidecar_path
 
+from segflow import imageio
 from segflow.card import ModelCard, card_from_onnx
 from segflow.errors import BackendError, InputError, MissingDependency, ModelCardError
 
@@ -569,10 +570,10 @@ def test_one_logger_per_library_even_when_modules_alternate():
 
 def test_a_killed_builds_staging_folder_is_removed_by_the_next_build(tmp_path):
     """A SIGKILL skips staged_outputs' cleanup; the next build into that folder removes what the dead process
-    left, and leaves a live build's, another host's and an unrecorded staging folder alone."""
+    left, and leaves a live build's, another host's, another container's (same host name, own pids) and an
+    unrecorded staging folder alone."""
     import json
     import os
-    import socket
     import subprocess
     import sys
     import time
@@ -586,21 +587,23 @@ def test_a_killed_builds_staging_folder_is_removed_by_the_next_build(tmp_path):
         return d
 
     dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
-    host = socket.gethostname()
-    killed = stage("killed", {"host": host, "pid": int(dead.stdout)})
+    here = imageio._this_machine()
+    killed = stage("killed", {**here, "pid": int(dead.stdout)})
     child = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
     child.kill()
     while Path(f"/proc/{child.pid}/stat").exists() and Path(f"/proc/{child.pid}/stat").read_text().split()[2] != "Z":
         time.sleep(0.01)  # killed but not yet reaped: signal 0 still reaches it
-    zombie = stage("zombie", {"host": host, "pid": child.pid})
-    live = stage("live", {"host": host, "pid": os.getpid()})
-    elsewhere = stage("elsewhere", {"host": host + "-other", "pid": int(dead.stdout)})
+    zombie = stage("zombie", {**here, "pid": child.pid})
+    live = stage("live", {**here, "pid": os.getpid()})
+    elsewhere = stage("elsewhere", {**here, "host": here["host"] + "-other", "pid": int(dead.stdout)})
+    container = stage("container", {**here, "pidns": -1, "pid": int(dead.stdout)})
     unrecorded = stage("unrecorded", None)
     said = []
     with eng.staged_outputs(tmp_path, said.append) as new:
-        assert json.loads((new / ".segflow-owner.json").read_text()) == {"host": host, "pid": os.getpid()}
+        assert json.loads((new / ".segflow-owner.json").read_text()) == {**here, "pid": os.getpid()}
     child.wait()
-    assert not killed.exists() and live.exists() and elsewhere.exists() and unrecorded.exists()
+    assert not killed.exists() and live.exists() and elsewhere.exists() and unrecorded.exists() and container.exists()
+    assert here["pidns"] is not None and here["boot"]  # Linux: the namespace and boot are recorded
     assert said == [f"removed {killed}, left by an interrupted run (process {int(dead.stdout)})",
                     f"removed {zombie}, left by an interrupted run (process {child.pid})"]
     assert not new.exists()
