@@ -42,8 +42,11 @@ import numpy as np
 
 from segflow.errors import ModelCardError, require
 
-__all__ = ["PRECISIONS", "METHODS", "KEEP_FP32", "LOW_PRECISION_OPS", "convert_precision", "conversion_method",
-           "cast_model", "node_precisions", "load_graph"]
+#: ONNX metadata key naming the precision a converted graph computes in (absent: fp32, as exported)
+PRECISION_KEY = "segflow_precision"
+
+__all__ = ["PRECISION_KEY", "PRECISIONS", "METHODS", "KEEP_FP32", "LOW_PRECISION_OPS", "convert_precision",
+           "conversion_method", "cast_model", "node_precisions", "load_graph"]
 
 PRECISIONS = ("fp32", "fp16", "bf16")
 METHODS = ("auto", "modelopt", "segflow")
@@ -270,6 +273,8 @@ def convert_precision(src: str | Path, dst: str | Path, precision: str, *, metho
         model = load_graph(onnx, src)
         meta = {p.key: p.value for p in model.metadata_props}
         model, used = (model, "none") if precision == "fp32" else (cast_model(model, precision), "segflow")
+    if used != "none":
+        meta[PRECISION_KEY] = precision  # read back by the runtime (an fp16 graph on a CPU gets a warning)
     del model.metadata_props[:]
     for k, v in meta.items():
         model.metadata_props.add(key=k, value=v)

@@ -11,6 +11,7 @@ Example
 from __future__ import annotations
 
 import time
+import warnings
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -40,6 +41,7 @@ FIELD_INPUTS = {"flowsdf": {"x", "t", "features"}, "ssb": {"x", "t", "features",
 # activations outgrow the caches ran 10-25x slower per pixel on the development VM (64² tiles: 8 per call
 # about 1 s/Mpx, 64 per call 25 s/Mpx; benchmarks/results/bench_runtime.md).
 CPU_CALL_PIXELS = 8 * 64 * 64
+_LOW_PRECISION_WARNED: set[str] = set()  # fp16/bf16 graphs already warned about on the CPU provider
 
 
 class Cancelled(SegflowError):
@@ -241,6 +243,7 @@ class Segmenter:
             self._field, self._encoder = self._open_backends("cpu", max(1, total // workers))
         self.tile_workers = workers if self._on_cpu() else 1
         self._check_graphs()
+        self._warn_low_precision_on_cpu()
         if batch_size is None and self._on_cpu():
             self.settings = replace(self.settings, batch=min(self.settings.batch, max(1, CPU_CALL_PIXELS // tile**2)))
         self.settings = self._cap_batch(self.settings, explicit=batch_size is not None)
@@ -318,6 +321,22 @@ class Segmenter:
                 flags += f" --encoder-batch {':'.join(map(str, encoder))}"
             return f"`runtime build --onnx NAME.onnx --out {self.paths.field}{flags}`"
         return rebuild_hint(self.paths.field, info=info, batch=field, partner_batch=encoder)
+
+    def _warn_low_precision_on_cpu(self) -> None:
+        """ONNX Runtime's CPU provider has no fp16 kernels: an fp16 graph (``runtime build --out X.onnx``) runs
+        there through casts, slower than the fp32 model it came from. Said once per model and process."""
+        from segflow.runtime.autocast import PRECISION_KEY
+
+        meta = getattr(self._field, "metadata", None)
+        precision = meta().get(PRECISION_KEY) if callable(meta) and self._on_cpu() else None
+        key = str(self.paths.field)
+        if precision in ("fp16", "bf16") and key not in _LOW_PRECISION_WARNED:
+            _LOW_PRECISION_WARNED.add(key)
+            article = "an" if precision == "fp16" else "a"
+            warnings.warn(f"{self.paths.field} is {article} {precision} graph, and ONNX Runtime's CPU provider has no "
+                          f"{precision} kernels: it runs slower there than the fp32 model it was converted from; "
+                          f"use the fp32 model on a CPU (keep the {precision} one for the CUDA provider).",
+                          RuntimeWarning, stacklevel=3)
 
     def _cpu_expected(self, backend: str) -> bool:
         """Whether the graphs will run on ONNX Runtime's CPU provider (decides the thread split before opening)."""
