@@ -404,6 +404,11 @@ def _check_portability(trt: ModuleType, version_compatible: Any, hardware: Any) 
         raise InputError(f"{flag} is for full TensorRT plans; TensorRT-RTX plans run on the GPUs of their "
                          f"--compute-capability targets and only with the TensorRT-RTX version that built them: "
                          f"drop it, or build with --builder tensorrt.")
+    gpu = gpu_info() if hardware == "ampere+" else None
+    if gpu is not None and tuple(int(v) for v in gpu.compute_capability.split(".")) < (8, 0):
+        raise InputError(f"--hardware-compatibility ampere+ needs an Ampere or later GPU to build on (TensorRT), "
+                         f"but this machine has {gpu.name} (compute {gpu.compute_capability}): build on one, or "
+                         f"drop the flag for plans for this GPU.")
 
 
 def _check_build_args(batch: Any, encoder_batch: Any, workspace_bytes: Any, builder: str, conversion: str) -> None:

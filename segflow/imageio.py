@@ -66,10 +66,11 @@ def remove_stale_stages(folder: str | Path, pattern: str, say: Callable[[str], N
     """Remove the staging folders ``folder/PATTERN`` made by :func:`make_stage` on this host whose process is gone.
 
     A SIGKILL (the kernel's out-of-memory killer, a scheduler's hard stop) or a power cut skips a run's cleanup,
-    and its staging folder can hold full-size plans or slide-size maps. Folders of live processes, of other hosts
-    (a shared disk), boots or pid namespaces (containers), and without a readable owner record are left alone;
-    ``say`` is told of each removal. On Windows nothing is removed (no safe liveness probe there).
-    """
+    and its staging folder can hold full-size plans or slide-size maps. A folder from an earlier boot of this
+    host is removed whatever its pid says; folders of live processes, of other hosts (a shared disk) or other
+    pid namespaces (containers sharing the host name), and without a readable owner record are left alone.
+    ``say`` is told of each removal. On Windows only earlier boots' folders could qualify, and without a boot
+    id there nothing is removed (no safe liveness probe there)."""
     folder = Path(folder)
     if not folder.is_dir():
         return
@@ -78,9 +79,12 @@ def remove_stale_stages(folder: str | Path, pattern: str, say: Callable[[str], N
         try:
             owner = json.loads((stage / STAGE_OWNER).read_text())
             pid = owner["pid"]
-            if any(owner.get(k) != v for k, v in here.items()) or not isinstance(pid, int) or pid <= 0 \
-                    or _process_alive(pid):
+            if owner["host"] != here["host"] or not isinstance(pid, int) or pid <= 0:
                 continue
+            rebooted = None not in (owner.get("boot"), here["boot"]) and owner["boot"] != here["boot"]
+            if not rebooted and (None not in (owner.get("pidns"), here["pidns"]) and owner["pidns"] != here["pidns"]
+                                 or _process_alive(pid)):
+                continue  # another container's pids (cannot tell), or the process lives
         except (OSError, ValueError, KeyError, TypeError):
             continue
         shutil.rmtree(stage, ignore_errors=True)

@@ -6,11 +6,12 @@ then asks TensorRT-RTX for the engine's validity where the library offers it, an
 deserialisation. Inference uses the name-based API (``set_input_shape``, ``set_tensor_address``,
 ``execute_async_v3``) on the backend's own stream, ordered after the caller's current CuPy stream.
 
-* ``infer(feed, to_host=False)`` takes numpy or CuPy inputs and returns CuPy arrays that stay on the device;
-  output buffers are reused between calls of the same shape — copy what you keep.
+* ``infer(feed, to_host=False)`` takes numpy or CuPy inputs and returns CuPy arrays that stay on the device,
+  the caller's own (copied from the engine's buffers on the backend's stream, ordered before the caller's
+  later work).
 * Inputs outside the plan's optimisation profile raise a :class:`BackendError` naming the rebuild command.
-* ``cuda_graph=True`` replays each input-shape signature from a CUDA graph. Inputs are copied into fixed
-  buffers per signature, since a graph fixes tensor addresses. With full TensorRT the backend captures
+* ``cuda_graph=True`` replays each input-shape signature from a CUDA graph. Inputs are copied into the fixed
+  buffers below, since a graph fixes tensor addresses. With full TensorRT the backend captures
   ``execute_async_v3`` itself, on the second call of a signature (the first is the warm-up TensorRT asks for),
   and gives every captured signature an execution context of its own: a captured graph is tied to the input
   shapes its context had at capture, so contexts are never switched between shapes under a graph. The
@@ -19,8 +20,8 @@ deserialisation. Inference uses the name-based API (``set_input_shape``, ``set_t
   WHOLE_GRAPH_CAPTURE``): application stream capture of an RTX plan needs plans built with
   ``REQUIRE_USER_ALLOCATION`` and does not mix with its just-in-time, shape-specialised kernels. If capture
   fails the backend warns and falls back to plain launches.
-* Device memory for the tensors is allocated once per tensor, at the profile's largest batch: a call of ``n``
-  samples binds the first ``n`` rows (a contiguous prefix, at the same aligned address for every batch size).
+* Device memory is one buffer per tensor, sized by the largest batch seen (the first, full call, normally):
+  a call of ``n`` samples binds its first ``n`` rows (a contiguous prefix, the same address for every size).
   Outputs always live there; in graph modes the inputs are copied there too, so every graph and every
   TensorRT-RTX replay sees the same addresses whatever the batch, and nothing grows with the number of batch
   sizes seen except one small execution context (and graph) per size in ``capture`` mode.
@@ -344,16 +345,23 @@ class TensorRTBackend(Backend):
                                f"{self.path} (see the log above).")
 
     def _rows_of(self, name: str, shape: tuple[int, ...], dtype: Any) -> Any:
-        """The first ``shape[0]`` rows of tensor ``name``'s buffer, allocated once at the profile's largest batch
-        (again only if a call needs other trailing dimensions; graphs bound to the old buffer are then dropped)."""
+        """The first ``shape[0]`` rows of tensor ``name``'s buffer. It is allocated at the first call's batch
+        (normally a full one, the largest) and grows, at least doubling up to the profile's largest batch, when
+        a call needs more rows (or other trailing dimensions); graphs bound to the old buffer are then dropped
+        and captured again."""
         buf = self._rows.get(name)
-        if buf is not None and (buf.shape[1:] != shape[1:] or buf.shape[0] < shape[0] or buf.dtype != dtype):
-            self.stream.synchronize()  # only if the plan's shapes vary beyond the batch: rare
-            self._graphs.clear()  # they were captured on the old buffer
+        fits = buf is not None and buf.dtype == dtype and (buf.shape == shape if not shape else
+                                                           buf.shape[1:] == shape[1:] and buf.shape[0] >= shape[0])
+        if buf is not None and not fits:
+            self.stream.synchronize()  # the old buffer is freed: nothing queued may still use it
+            self._graphs.clear()  # they were captured on it
         with self.stream:  # (a view: no device work, but the CuPy stand-in counts indexing as a read)
-            if buf is None or buf.shape[1:] != shape[1:] or buf.shape[0] < shape[0] or buf.dtype != dtype:
-                buf = self._rows[name] = self.cp.empty((max(self.max_batch, shape[0]), *shape[1:]), dtype=dtype)
-            return buf[: shape[0]]
+            if not fits:
+                rows = () if not shape else \
+                    (max(shape[0], min(2 * buf.shape[0], self.max_batch)) if buf is not None and buf.shape
+                     and buf.shape[1:] == shape[1:] else shape[0],)
+                buf = self._rows[name] = self.cp.empty((*rows, *shape[1:]), dtype=dtype)
+            return buf[: shape[0]] if shape else buf
 
     def _bind(self, ctx: Any, inputs: dict[str, Any]) -> dict[str, Any]:
         for name, arr in inputs.items():

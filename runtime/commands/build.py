@@ -45,7 +45,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--batch", default=None,
                    help=f"MIN:OPT:MAX samples per field call, i.e. K x tiles; MIN must be 1 (default: "
                         f"{_DEFAULTS['batch']})")
-    p.add_argument("--encoder-batch", default=None, help="MIN:OPT:MAX tiles per encoder call (default: --batch)")
+    p.add_argument("--encoder-batch", default=None, help="MIN:OPT:MAX tiles per encoder call (default: --batch, "
+                                                         "with OPT divided by the card's default K)")
     p.add_argument("--workspace", default=None,
                    help=f"workspace memory limit, e.g. 4G or 512M (default: {_DEFAULTS['workspace']})")
     p.add_argument("--timing-cache", default=None, metavar="FILE",

@@ -95,7 +95,8 @@ def run(args: argparse.Namespace) -> int:
             elif b.get("hardware_compatibility") == "same-cc":
                 targets += f", runs on GPUs of compute {b['compute_capability']}"
             if b.get("version_compatible"):
-                targets += f", version-compatible (TensorRT {b['trt_version']} and later, or its lean runtime)"
+                targets += (f", version-compatible (TensorRT {b['trt_version']} and later versions of that major "
+                            f"release or the next, or the lean runtime {b['trt_version']})")
             print(f"  built with {b['library']} {b['trt_version']}, {b['precision']}, on {gpu}{targets}, "
                   f"from {b['onnx']}")
             for name, (lo, opt, hi) in sorted(b["profiles"].items()):

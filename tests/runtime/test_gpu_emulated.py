@@ -310,25 +310,33 @@ def test_tensorrt_cuda_graphs_for_alternating_shapes(plan, cp, trt, models_meta)
 @pytest.mark.parametrize("cuda_graph", [False, True])
 def test_tensorrt_buffers_are_allocated_once_for_every_batch_size(plan, cp, trt, models_meta, cuda_graph):
     """A slide run's last group per block holds a different number of tiles, so a backend sees many batch sizes:
-    each tensor's device memory is allocated once, at the profile's largest batch, and every size binds its
-    first rows (the same address), so nothing is reallocated and, with graphs, nothing is captured twice."""
+    each tensor's device memory is one buffer, sized by the first (full) call, and every smaller size binds its
+    first rows (the same address), so nothing is reallocated and, with graphs, nothing is captured twice. A
+    larger call later grows the buffer (at least doubling, up to the profile's MAX) and re-captures."""
     from segflow.runtime.backends.tensorrt import TensorRTBackend
 
-    sizes = [*range(1, 9), 1, 2, 8, 5]
+    def run(b, n, seed):
+        for _ in range(2):  # graph mode: warm-up, then capture (or replay)
+            f = _feed(n, np.random.default_rng(seed))
+            out = b.infer({k: cp.asarray(v) for k, v in f.items()}, to_host=False)["out"]
+            np.testing.assert_allclose(cp.asnumpy(out), _reference(models_meta, f), atol=1e-5)
+
+    sizes = [8, *range(1, 8), 1, 2, 8, 5]
     with TensorRTBackend(plan, cuda_graph=cuda_graph) as b:
         for i, n in enumerate(sizes):
-            for _ in range(2):  # graph mode: warm-up, then capture (or replay)
-                f = _feed(n, np.random.default_rng(i))
-                out = b.infer({k: cp.asarray(v) for k, v in f.items()}, to_host=False)["out"]
-                np.testing.assert_allclose(cp.asnumpy(out), _reference(models_meta, f), atol=1e-5)
+            run(b, n, i)
             if i == 0:
                 first = {k: (v.shape, v.data.ptr) for k, v in b._rows.items()}
         assert {k: (v.shape, v.data.ptr) for k, v in b._rows.items()} == first
-        assert first["out"][0][0] == b.max_batch == 12 and set(first) == ({"out", "x", "t", "features"} if cuda_graph
-                                                                       else {"out"})
+        assert first["out"][0][0] == 8 and set(first) == ({"out", "x", "t", "features"} if cuda_graph else {"out"})
         if cuda_graph:
             assert len(b._contexts) == len(b._graphs) == len(set(sizes))
-    assert cp.stats["captures"] == (len(set(sizes)) if cuda_graph else 0)  # sizes seen again replay their graph
+        captures = cp.stats["captures"]
+        run(b, 10, 99)  # more rows than the buffers hold: they grow to min(2 x 8, MAX 12) rows
+        assert b._rows["out"].shape[0] == 12 and len(b._graphs) == int(cuda_graph)
+        run(b, 3, 98)  # a size captured before the growth is captured again, on the new buffers
+    assert cp.stats["captures"] == (captures + 2 if cuda_graph else 0) and captures == (len(set(sizes)) if cuda_graph
+                                                                                         else 0)
 
 
 def test_fake_tensorrt_activation_memory_contract(plan, cp, trt, models_meta):
@@ -440,8 +448,8 @@ def test_a_version_compatible_plan_runs_on_the_lean_runtime_alone(blur_copy, cp,
     plain = eng.build_engine(blur_copy, tmp_path / "plain" / "b.plan", precision="fp32", batch=(1, 6, 12)).field
     capsys.readouterr()
     assert runtime_main(["info", "--engine", str(res.field)]) == 0
-    assert ", runs on Ampere and later GPUs (compute 8.0+), version-compatible (TensorRT 11.4.0.106 and later, or " \
-           "its lean runtime)" in capsys.readouterr().out
+    assert ", runs on Ampere and later GPUs (compute 8.0+), version-compatible (TensorRT 11.4.0.106 and later " \
+           "versions of that major release or the next, or the lean runtime 11.4.0.106)" in capsys.readouterr().out
     lean = make_fake_trt("tensorrt_lean_bindings", version="11.4.0.106", executable=True)  # one per version
     older = make_fake_trt("tensorrt", version="11.3.0.1", executable=True)
     monkeypatch.setitem(sys.modules, "tensorrt", older)  # too old for the plan: the lean runtime beside it runs it

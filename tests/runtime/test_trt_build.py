@@ -597,6 +597,8 @@ def test_a_killed_builds_staging_folder_is_removed_by_the_next_build(tmp_path):
     live = stage("live", {**here, "pid": os.getpid()})
     elsewhere = stage("elsewhere", {**here, "host": here["host"] + "-other", "pid": int(dead.stdout)})
     container = stage("container", {**here, "pidns": -1, "pid": int(dead.stdout)})
+    rebooted = stage("rebooted", {**here, "boot": "an-earlier-boot", "pid": os.getpid()})  # pid reused since
+    legacy = stage("legacy", {"host": here["host"], "pid": int(dead.stdout)})  # a record without boot and pidns
     unrecorded = stage("unrecorded", None)
     said = []
     with eng.staged_outputs(tmp_path, said.append) as new:
@@ -605,6 +607,8 @@ def test_a_killed_builds_staging_folder_is_removed_by_the_next_build(tmp_path):
     assert not killed.exists() and live.exists() and elsewhere.exists() and unrecorded.exists() and container.exists()
     assert here["pidns"] is not None and here["boot"]  # Linux: the namespace and boot are recorded
     assert said == [f"removed {killed}, left by an interrupted run (process {int(dead.stdout)})",
+                    f"removed {legacy}, left by an interrupted run (process {int(dead.stdout)})",
+                    f"removed {rebooted}, left by an interrupted run (process {os.getpid()})",
                     f"removed {zombie}, left by an interrupted run (process {child.pid})"]
     assert not new.exists()
 
@@ -635,3 +639,15 @@ def test_an_rtx_build_says_first_when_the_plans_will_not_run_on_this_gpu(monkeyp
     want = [] if said is None else [f"these plans will not run on this machine's {gpu.name} (compute "
                                     f"{gpu.compute_capability}): {said}"]
     assert got == want
+
+
+def test_ampere_plus_plans_are_refused_before_building_on_an_older_gpu(fake_trt, model, tmp_path, monkeypatch):
+    """TensorRT builds AMPERE_PLUS plans only on Ampere or later GPUs: say so before the build."""
+    for mod in (trtlib, eng):
+        monkeypatch.setattr(mod, "gpu_info", lambda: trtlib.GpuInfo("Quadro RTX 8000", "7.5"))
+    with pytest.raises(InputError, match=r"--hardware-compatibility ampere\+ needs an Ampere or later GPU to build "
+                                         r"on \(TensorRT\), but this machine has Quadro RTX 8000 \(compute 7.5\)"):
+        eng.build_engine(model, tmp_path / "a.plan", precision="fp32", hardware_compatibility="ampere+")
+    assert not any(c[0] == "build_serialized_network" for c in fake_trt.calls) and not list(tmp_path.glob("a.*"))
+    info = eng.build_engine(model, tmp_path / "s.plan", precision="fp32", hardware_compatibility="same-cc").field_info
+    assert info.hardware_compatibility == "same-cc"
