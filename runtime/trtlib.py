@@ -400,6 +400,12 @@ def rebuild_hint(plan: str | Path, extra: str = "", info: PlanInfo | None = None
     return f"`runtime build --onnx {source} --out {field_plan}{tail}`"
 
 
+def field_plan(plan: str | Path) -> Path:
+    """The field plan that names the pair ``plan`` belongs to (``NAME.encoder.plan`` -> ``NAME.plan``)."""
+    p = Path(plan)
+    return p.with_name(p.name[: -len(".encoder.plan")] + ".plan") if p.name.endswith(".encoder.plan") else p
+
+
 def _cc_tuple(cc: str) -> tuple[int, ...]:
     return tuple(int(v) for v in cc.split("."))
 
@@ -476,10 +482,9 @@ def check_plan(plan: str | Path, info: PlanInfo, library: str, version: str, gpu
         raise BackendError(f"plan {plan} was built on {info.gpu_name} (compute {info.compute_capability}) but this "
                            f"machine has {gpu.name} (compute {gpu.compute_capability}): rebuild it here with {hint}.")
     if info.gpu_name != gpu.name and info.hardware_compatibility != "same-cc":
-        pair = Path(plan).name.endswith(".encoder.plan")
-        field = Path(plan).with_name(Path(plan).name[: -len(".encoder.plan")] + ".plan") if pair else Path(plan)
-        warnings.append(f"plan {field} and its encoder plan were built on {info.gpu_name} and run on {gpu.name} "
-                        f"(same compute capability {gpu.compute_capability}); rebuild them here for best speed.")
+        warnings.append(f"plan {field_plan(plan)} and its encoder plan were built on {info.gpu_name} and run on "
+                        f"{gpu.name} (same compute capability {gpu.compute_capability}); rebuild them here for best "
+                        f"speed.")
     return warnings
 
 

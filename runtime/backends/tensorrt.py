@@ -49,6 +49,7 @@ from segflow.runtime.trtlib import (
     PlanInfo,
     check_plan,
     deferred_interrupt,
+    field_plan,
     gpu_info,
     import_runner,
     library_name,
@@ -63,12 +64,6 @@ from segflow.imageio import atomic_path
 __all__ = ["TensorRTBackend", "check_profile", "validity_error", "runtime_cache_path", "preflight"]
 
 _warned: set[str] = set()  # warnings about a plan pair, said once per process (field and encoder plans share them)
-
-
-def _pair(plan: Path) -> Path:
-    """The field plan that names the pair ``plan`` belongs to."""
-    return plan.with_name(plan.name[: -len(".encoder.plan")] + ".plan") if plan.name.endswith(".encoder.plan") \
-        else plan
 
 
 def _warn_once(message: str, stacklevel: int) -> None:
@@ -423,7 +418,7 @@ class TensorRTBackend(Backend):
         except Exception as exc:  # noqa: BLE001 - capture is an optimisation; keep running without it
             if self.stream.is_capturing():
                 self.stream.end_capture()
-            _warn_once(f"CUDA graph capture failed for {_pair(self.path)} and its encoder plan ({exc}); running "
+            _warn_once(f"CUDA graph capture failed for {field_plan(self.path)} and its encoder plan ({exc}); running "
                        f"without graphs.", stacklevel=5)
             self.cuda_graph, self.graph_mode = False, None
             self._contexts.clear()
