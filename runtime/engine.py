@@ -28,7 +28,6 @@ import json
 import operator
 import os
 import re
-import shutil
 import tempfile
 import warnings
 from collections.abc import Callable, Iterator
@@ -54,7 +53,7 @@ from segflow.runtime.trtlib import (
 from segflow import __version__
 from segflow.card import ModelCard, card_from_onnx, resolve_engine
 from segflow.errors import BackendError, InputError, ModelCardError, require_onnxruntime
-from segflow.imageio import STAGE_OWNER, default_file_mode, make_stage, remove_stale_stages
+from segflow.imageio import STAGE_OWNER, default_file_mode, staging
 
 __all__ = ["parse_batch", "parse_bytes", "profile_shapes", "build_plan", "build_engine", "BuildResult",
            "convert_engine", "ConvertResult", "sample_feeds", "DEFAULT_BATCH", "DEFAULT_WORKSPACE"]
@@ -152,32 +151,15 @@ STAGE_PREFIX = ".segflow-build-"
 
 @contextlib.contextmanager
 def staged_outputs(folder: Path, progress: Callable[[str], None] | None = None) -> Iterator[Path]:
-    """A hidden staging folder inside ``folder`` (created with its parents if missing) for outputs written
-    all or nothing: the caller moves its files into ``folder`` once all of them exist. On any failure,
-    interruption included, the staging folder and the folders created here are removed again. Staging
-    folders that killed builds left in ``folder`` are removed first (``progress`` is told of each)."""
-    remove_stale_stages(folder, STAGE_PREFIX + "*", progress or (lambda _msg: None))
-    created = []
-    p = folder.absolute()
-    while not p.exists():
-        created.append(p)
-        p = p.parent
-    stage = None
-    try:
-        try:
-            folder.mkdir(parents=True, exist_ok=True)
-            stage = make_stage(folder, STAGE_PREFIX)
-        except OSError as exc:
-            raise InputError(f"cannot write to the output folder {folder} ({exc.strerror or exc}): choose a "
-                             f"writable --out or fix the folder's permissions.") from exc
+    """:func:`segflow.imageio.staging` for build outputs: a hidden staging folder inside ``folder``, removed
+    (with the folders made for it) on failure; staging folders that killed builds left are removed first
+    (``progress`` is told of each)."""
+    def unwritable(where: Path, exc: OSError) -> InputError:
+        return InputError(f"cannot write to the output folder {where} ({exc.strerror or exc}): choose a writable "
+                          f"--out or fix the folder's permissions.")
+
+    with staging(folder, STAGE_PREFIX, STAGE_PREFIX + "*", progress or (lambda _msg: None), unwritable) as stage:
         yield stage
-        created = []  # success: the folders stay
-    finally:
-        if stage is not None:
-            shutil.rmtree(stage, ignore_errors=True)
-        for d in created:  # deepest first
-            with contextlib.suppress(OSError):
-                d.rmdir()
 
 
 def _publish(stage: Path, folder: Path, names: list[str]) -> None:

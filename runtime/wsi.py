@@ -24,7 +24,6 @@ How it works (docs/wsi.md has the user's view):
 from __future__ import annotations
 
 import bisect
-import contextlib
 import math
 import os
 import shutil
@@ -45,7 +44,7 @@ from segflow.runtime.tiling import Tile, axis_starts, pad_to_tile
 from segflow.runtime.tissue import thumbnail, tissue_mask
 
 from segflow.errors import InputError, require
-from segflow.imageio import make_stage, remove_stale_stages, write_json
+from segflow.imageio import staging, write_json
 from segflow.normalize import as_channels, norm_stats
 
 __all__ = ["SlideOptions", "SlideSegmentation", "segment_slide", "parse_roi", "wants_slide",
@@ -401,28 +400,18 @@ def segment_slide(seg: Any, reader: SlideReader, out_dir: str | Path, *, name: s
     opts = options or SlideOptions()
     t0 = time.perf_counter()
     out = Path(out_dir)
-    made = [d for d in (out.absolute(), *out.absolute().parents) if not d.exists()]  # deepest first
-    _check_writable(out)
     name = name or Path(reader.path).name.split(".")[0]
-    tmp = None
-    try:
-        remove_stale_stages(out, ".*.wsi-*", lambda msg: warnings.warn(msg, stacklevel=4))  # left by killed runs
-        tmp = str(make_stage(out, f".{name}.wsi-"))
-        run = _open_run(seg, reader, opts, tmp, progress, cancel, create=True)
+
+    def unwritable(where: Path, exc: OSError) -> InputError:
+        return InputError(f"output folder {where} is not writable ({exc.strerror}): choose another --out.")
+
+    # a failed or cancelled run leaves nothing, not even the folders made for --out; killed runs' leftovers go
+    with staging(out, f".{name}.wsi-", ".*.wsi-*", lambda msg: warnings.warn(msg, stacklevel=6), unwritable) as tmp:
+        run = _open_run(seg, reader, opts, str(tmp), progress, cancel, create=True)
         for blk in run.blocks():
             run.map_block(*blk)
-        return _finish(run, reader, out, name, tmp, tiles_run=run.run_count, t_maps=time.perf_counter() - t0,
-                       t0=t0)
-    except BaseException:
-        if tmp is not None:
-            shutil.rmtree(tmp, ignore_errors=True)
-        for d in made:  # a failed or cancelled run leaves no folder it created either
-            with contextlib.suppress(OSError):
-                d.rmdir()
-        raise
-    finally:
-        if tmp is not None:
-            shutil.rmtree(tmp, ignore_errors=True)
+        return _finish(run, reader, out, name, str(tmp), tiles_run=run.run_count,
+                       t_maps=time.perf_counter() - t0, t0=t0)
 
 
 def _open_run(seg: Any, reader: SlideReader, opts: SlideOptions, tmp: str, progress: Any, cancel: Any,

@@ -8,7 +8,7 @@ import shutil
 import socket
 import tempfile
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from pathlib import Path
 from typing import Any
 
@@ -90,6 +90,37 @@ def remove_stale_stages(folder: str | Path, pattern: str, say: Callable[[str], N
         shutil.rmtree(stage, ignore_errors=True)
         if not stage.exists():
             say(f"removed {stage}, left by an interrupted run (process {pid})")
+
+
+@contextmanager
+def staging(folder: str | Path, prefix: str, stale: str, say: Callable[[str], None],
+            unwritable: Callable[[Path, OSError], Exception]) -> Iterator[Path]:
+    """A hidden staging folder ``folder/PREFIX*`` (``folder`` and its parents created if missing) for outputs
+    written all or nothing: the caller moves its files into ``folder`` once all of them exist.
+
+    Staging folders ``folder/STALE`` that killed runs left are removed first (:func:`remove_stale_stages`,
+    ``say`` is told of each). On leaving, the staging folder is removed; on any failure, interruption included,
+    so are the folders created here. ``unwritable(folder, error)`` makes the exception raised when ``folder``
+    cannot be written to.
+    """
+    folder = Path(folder)
+    made = [d for d in (folder.absolute(), *folder.absolute().parents) if not d.exists()]  # deepest first
+    remove_stale_stages(folder, stale, say)
+    stage, done = None, False
+    try:
+        try:
+            folder.mkdir(parents=True, exist_ok=True)
+            stage = make_stage(folder, prefix)
+        except OSError as exc:
+            raise unwritable(folder, exc) from exc
+        yield stage
+        done = True
+    finally:
+        if stage is not None:
+            shutil.rmtree(stage, ignore_errors=True)
+        for d in [] if done else made:
+            with suppress(OSError):
+                d.rmdir()
 
 
 def read_image(path: str | Path) -> NDArray:
